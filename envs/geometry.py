@@ -1,0 +1,127 @@
+"""Push-T geometry: the T block, its keypoints, rigid transforms and goal coverage.
+
+All coordinates are pixels in the 512x512 workspace with y pointing down. A pose is
+(x, y, theta) of the block's body origin; a body-frame point v maps to the world as
+``R(theta) v + (x, y)``.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+WORKSPACE_SIZE = 512
+GOAL_POSE = np.array([256.0, 256.0, np.pi / 4])
+SUCCESS_COVERAGE = 0.95
+
+# The T, in body coordinates, as two convex polygons (counter-clockwise in the y-down frame,
+# in the vertex order pymunk reports for them). Bar x in [-60, 60], y in [0, 30];
+# stem x in [-15, 15], y in [30, 120]. Total area 3600 + 2700 = 6300 px^2.
+TEE_BAR = np.array([[-60.0, 0.0], [60.0, 0.0], [60.0, 30.0], [-60.0, 30.0]])
+TEE_STEM = np.array([[-15.0, 30.0], [15.0, 30.0], [15.0, 120.0], [-15.0, 120.0]])
+TEE_POLYGONS = np.stack([TEE_BAR, TEE_STEM])  # (2, 4, 2)
+TEE_MASS = 1.0
+# The reference computes the moment as twice the bar's polygon moment (a bug the demos depend on).
+TEE_MOMENT = 3000.0
+# Plain mean of the two polygon centroids (0, 15) and (0, 75).
+TEE_CENTER_OF_GRAVITY = (0.0, 45.0)
+
+AGENT_RADIUS = 15.0
+WALL_SEGMENTS = (((5, 506), (5, 5)), ((5, 5), (506, 5)), ((506, 5), (506, 506)), ((5, 506), (506, 506)))
+WALL_RADIUS = 2.0
+
+# The 9 body-frame keypoints in the dataset's ``data/keypoint`` order, recovered from the
+# Push-T demonstrations as the median of R(-theta) (keypoint - block_xy) over all 25,650 steps
+# (tests/test_env_fidelity.py checks them against the recorded keypoints).
+TEE_KEYPOINTS = np.array([
+    [9.26978651, 90.04097386],
+    [-60.98347195, -1.18673018],
+    [60.91275546, -1.39336347],
+    [-0.27050367, 25.54362508],
+    [-14.06492744, 122.81585387],
+    [39.00273833, 32.85740441],
+    [-39.9664144, 32.72965538],
+    [-16.82434402, 62.86317907],
+    [23.54146135, -1.70028786],
+])
+
+
+def transform_points(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
+    """World coordinates of body-frame ``points`` (..., 2): ``R(theta) p + t`` for pose (x, y, theta)."""
+    x, y, theta = (float(v) for v in pose)
+    cos, sin = math.cos(theta), math.sin(theta)
+    return points @ np.array([[cos, sin], [-sin, cos]]) + np.array([x, y])
+
+
+def block_keypoints(pose: np.ndarray) -> np.ndarray:
+    """The 9 keypoints (9, 2) of a block at ``pose``."""
+    return transform_points(TEE_KEYPOINTS, pose)
+
+
+GOAL_POLYGONS = transform_points(TEE_POLYGONS, GOAL_POSE)
+TEE_AREA = 6300.0
+
+
+@numba.njit(cache=True)
+def _clip_polygon_area(subject: np.ndarray, clip: np.ndarray) -> float:
+    """Area of ``subject`` ∩ ``clip`` for convex counter-clockwise polygons (Sutherland–Hodgman).
+
+    Each clip edge a→b keeps the half-plane where cross(b − a, p − a) >= 0; the area of the
+    result is the shoelace sum ½ Σ (x_i y_{i+1} − x_{i+1} y_i).
+    """
+    capacity = subject.shape[0] + clip.shape[0] + 2
+    current = np.empty((capacity, 2))
+    scratch = np.empty((capacity, 2))
+    n = subject.shape[0]
+    current[:n] = subject
+    m = clip.shape[0]
+    for e in range(m):
+        ax, ay = clip[e, 0], clip[e, 1]
+        bx, by = clip[(e + 1) % m, 0], clip[(e + 1) % m, 1]
+        ex, ey = bx - ax, by - ay
+        count = 0
+        for i in range(n):
+            px, py = current[i, 0], current[i, 1]
+            qx, qy = current[(i + 1) % n, 0], current[(i + 1) % n, 1]
+            side_p = ex * (py - ay) - ey * (px - ax)
+            side_q = ex * (qy - ay) - ey * (qx - ax)
+            if side_p >= 0.0:
+                scratch[count, 0] = px
+                scratch[count, 1] = py
+                count += 1
+            if (side_p >= 0.0) != (side_q >= 0.0):
+                s = side_p / (side_p - side_q)
+                scratch[count, 0] = px + s * (qx - px)
+                scratch[count, 1] = py + s * (qy - py)
+                count += 1
+        current, scratch = scratch, current
+        n = count
+        if n == 0:
+            return 0.0
+    area = 0.0
+    for i in range(n):
+        j = (i + 1) % n
+        area += current[i, 0] * current[j, 1] - current[j, 0] * current[i, 1]
+    return 0.5 * abs(area)
+
+
+@numba.njit(cache=True)
+def _union_intersection_area(polygons_a: np.ndarray, polygons_b: np.ndarray) -> float:
+    """Area of (∪ A_i) ∩ (∪ B_j) for interior-disjoint convex pieces: Σ_ij |A_i ∩ B_j|."""
+    total = 0.0
+    for i in range(polygons_a.shape[0]):
+        for j in range(polygons_b.shape[0]):
+            total += _clip_polygon_area(polygons_a[i], polygons_b[j])
+    return total
+
+
+def goal_coverage(block_pose: np.ndarray) -> float:
+    """coverage = area(goal ∩ block) / area(goal), both T's made of the bar and stem pieces."""
+    block_polygons = transform_points(TEE_POLYGONS, np.asarray(block_pose, dtype=np.float64))
+    return _union_intersection_area(block_polygons, GOAL_POLYGONS) / TEE_AREA
+
+
+def reward_from_coverage(coverage: float) -> float:
+    """reward = clip(coverage / 0.95, 0, 1)."""
+    return min(max(coverage / SUCCESS_COVERAGE, 0.0), 1.0)
