@@ -1,0 +1,199 @@
+"""Push-T training datasets (low-dimensional keypoints and images) over the replay buffer.
+
+Samples are gathered for a whole batch at once: ``dataset[[i, j, ...]]`` returns one
+batched dict, and ``make_dataloader`` feeds such batches to a DataLoader without a
+per-sample collate. Images stay uint8 in memory and become float once per batch.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from .normalizer import LinearNormalizer, unit_range_to_symmetric
+from .paths import missing_pusht_message, pusht_zarr_path
+from .replay_buffer import ReplayBuffer
+from .sampler import SequenceSampler, train_validation_masks
+
+IMAGE_SCALE = np.float32(1.0 / 255.0)
+
+
+def resolve_pusht_path(zarr_path: str | os.PathLike | None) -> Path:
+    """The given store path, or the default one; raises FileNotFoundError with instructions if absent."""
+    path = Path(zarr_path) if zarr_path is not None else pusht_zarr_path()
+    if not path.exists():
+        raise FileNotFoundError(missing_pusht_message(path))
+    return path
+
+
+class _PushTWindowDataset(Dataset):
+    """Shared machinery: in-memory step arrays, the episode split and the window sampler."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], episode_ends: np.ndarray, horizon: int,
+                 pad_before: int, pad_after: int, seed: int, val_ratio: float,
+                 max_train_episodes: int | None):
+        self.arrays = arrays
+        self.episode_ends = episode_ends
+        self.train_mask, self.val_mask = train_validation_masks(
+            len(episode_ends), val_ratio, seed, max_train_episodes)
+        self.horizon, self.pad_before, self.pad_after = horizon, pad_before, pad_after
+        self.sampler = self._sampler(self.train_mask)
+
+    def _sampler(self, episode_mask: np.ndarray) -> SequenceSampler:
+        return SequenceSampler(self.arrays, self.episode_ends, self.horizon, self.pad_before,
+                               self.pad_after, episode_mask)
+
+    def get_validation_dataset(self) -> "_PushTWindowDataset":
+        """The same data restricted to the validation episodes (all episodes not used for training)."""
+        validation = copy.copy(self)
+        validation.sampler = self._sampler(self.val_mask)
+        return validation
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def _window_ids(self, index) -> np.ndarray:
+        """Window ids as an int64 array, with negative indices wrapped and bounds checked."""
+        ids = np.asarray(index, dtype=np.int64)
+        if ids.size and (ids.min() < -len(self) or ids.max() >= len(self)):
+            raise IndexError(f"index out of range for dataset of length {len(self)}")
+        return ids % max(len(self), 1)
+
+    def __getitem__(self, index):
+        """One sample (int index) or a batched sample dict (sequence of indices)."""
+        if np.ndim(index) == 0:
+            return _select(self.batch(self._window_ids([index])), 0)
+        return self.batch(self._window_ids(index))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        """Samples for DataLoader auto-batching, gathered in one vectorised pass."""
+        batch = self.batch(self._window_ids(indices))
+        return [_select(batch, row) for row in range(len(indices))]
+
+    def batch(self, window_ids: np.ndarray, device: torch.device | str | None = None) -> dict:
+        """Batched sample dict of float32 tensors for the given window ids."""
+        return self.finalize_batch(self.raw_batch(window_ids), device)
+
+    def raw_batch(self, window_ids: np.ndarray) -> dict:
+        """Batched sample in storage dtypes (cheap to send between processes)."""
+        raise NotImplementedError
+
+    def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
+        """Training-ready batch from ``raw_batch`` output, moved to ``device`` if given."""
+        raise NotImplementedError
+
+
+def _select(tree, row: int):
+    """Entry ``row`` of every tensor in a (possibly nested) dict."""
+    return {key: _select(value, row) if isinstance(value, dict) else value[row] for key, value in tree.items()}
+
+
+class PushTLowdimDataset(_PushTWindowDataset):
+    """Windows of ``{"obs": (T, 20), "action": (T, 2)}``; obs = 9 keypoints (x, y) then agent position."""
+
+    def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
+                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90):
+        buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["keypoint", "state", "action"])
+        keypoints = buffer["keypoint"]
+        obs = np.concatenate([keypoints.reshape(len(keypoints), -1), buffer["state"][:, :2]], axis=-1)
+        arrays = {"obs": np.ascontiguousarray(obs, dtype=np.float32),
+                  "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
+        super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
+                         max_train_episodes)
+
+    def raw_batch(self, window_ids: np.ndarray) -> dict:
+        """``{"obs": (B, T, 20), "action": (B, T, 2)}`` float32 tensors."""
+        return {key: torch.from_numpy(value) for key, value in self.sampler.sample(window_ids).items()}
+
+    def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
+        """``raw`` itself (already float32), moved to ``device`` if given."""
+        return raw if device is None else {key: value.to(device) for key, value in raw.items()}
+
+    def get_normalizer(self, mode: str = "limits") -> LinearNormalizer:
+        """Normalizer for ``obs`` and ``action`` fitted on every step of every episode."""
+        return LinearNormalizer().fit(self.arrays, mode=mode)
+
+
+class PushTImageDataset(_PushTWindowDataset):
+    """Windows of ``{"obs": {"image": (T, 3, 96, 96) in [0, 1], "agent_pos": (T, 2)}, "action": (T, 2)}``."""
+
+    def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
+                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90):
+        buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["img", "state", "action"],
+                                   dtypes={"img": np.uint8})
+        channels_first = torch.from_numpy(buffer["img"]).permute(0, 3, 1, 2).contiguous().numpy()
+        arrays = {"image": channels_first,
+                  "agent_pos": np.ascontiguousarray(buffer["state"][:, :2], dtype=np.float32),
+                  "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
+        super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
+                         max_train_episodes)
+
+    def raw_batch(self, window_ids: np.ndarray) -> dict:
+        """Batched sample with uint8 images of shape (B, T, 3, 96, 96)."""
+        return {key: torch.from_numpy(value) for key, value in self.sampler.sample(window_ids).items()}
+
+    def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
+        """Nested float32 batch; images are scaled to [0, 1] in one pass (on ``device`` when given)."""
+        image = raw["image"]
+        if device is None or torch.device(device).type == "cpu":
+            image = torch.from_numpy(np.multiply(image.numpy(), IMAGE_SCALE, dtype=np.float32))
+        else:
+            image = image.to(device, non_blocking=True).to(torch.float32).mul_(float(IMAGE_SCALE))
+        return {"obs": {"image": image, "agent_pos": _to(raw["agent_pos"], device)},
+                "action": _to(raw["action"], device)}
+
+    def get_normalizer(self, mode: str = "limits") -> LinearNormalizer:
+        """Normalizer for ``agent_pos`` and ``action`` (fitted on all steps) and the fixed [0,1]→[-1,1] ``image`` map."""
+        normalizer = LinearNormalizer().fit(
+            {"agent_pos": self.arrays["agent_pos"], "action": self.arrays["action"]}, mode=mode)
+        normalizer["image"] = unit_range_to_symmetric()
+        return normalizer
+
+
+def _to(tensor: torch.Tensor, device) -> torch.Tensor:
+    return tensor if device is None else tensor.to(device, non_blocking=True)
+
+
+class _RawBatches(Dataset):
+    """View of a window dataset whose items are ``raw_batch`` results for lists of window ids."""
+
+    def __init__(self, dataset: _PushTWindowDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, window_ids) -> dict:
+        return self.dataset.raw_batch(self.dataset._window_ids(window_ids))
+
+
+class BatchLoader:
+    """Iterable of training batches: workers gather storage-dtype batches, this process finalizes them."""
+
+    def __init__(self, dataset: _PushTWindowDataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
+                 drop_last: bool = False, device: torch.device | str | None = None,
+                 generator: torch.Generator | None = None):
+        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+        self.dataset, self.device = dataset, device
+        self.loader = DataLoader(_RawBatches(dataset), batch_size=None,
+                                 sampler=BatchSampler(order, batch_size, drop_last),
+                                 num_workers=num_workers, persistent_workers=num_workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for raw in self.loader:
+            yield self.dataset.finalize_batch(raw, self.device)
+
+
+def make_dataloader(dataset: _PushTWindowDataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
+                    drop_last: bool = False, device: torch.device | str | None = None,
+                    generator: torch.Generator | None = None) -> BatchLoader:
+    """Batches of ``dataset`` with one vectorised gather per batch and no per-sample collate."""
+    return BatchLoader(dataset, batch_size, shuffle, num_workers, drop_last, device, generator)

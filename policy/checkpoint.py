@@ -1,0 +1,73 @@
+"""Checkpoints: atomic writes, validated reads, and ``load_policy`` for evaluation and deployment.
+
+A checkpoint is a ``torch.save`` dict of tensors and plain Python values only (it loads with
+``weights_only=True``): the run's full config, the policy config, the model / EMA / optimizer /
+LR-scheduler state dicts, the training position and RNG states, and the latest metrics.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+
+CHECKPOINT_FORMAT = "diffusion-policy-stack/1"
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable checkpoint of this project; the message says why."""
+
+
+def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
+    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temporary, "wb") as handle:
+        torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; raises ``CheckpointError`` naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a torch checkpoint "
+                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{path} is not a checkpoint of this project (format {found!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r})")
+    for key in ("config", "policy_config", "state_dicts"):
+        if key not in payload:
+            raise CheckpointError(f"checkpoint {path} lacks {key!r}; it was not written by train.py")
+    return payload
+
+
+def build_policy(policy_config: dict) -> DiffusionUnetPolicy:
+    return DiffusionUnetPolicy(DiffusionPolicyConfig.from_dict(policy_config))
+
+
+def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu",
+                use_ema: bool = True) -> DiffusionUnetPolicy:
+    """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``."""
+    payload = load_checkpoint(checkpoint_path, map_location=device)
+    policy = build_policy(payload["policy_config"])
+    states = payload["state_dicts"]
+    weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {checkpoint_path} does not match its own policy config: {error}") from error
+    return policy.to(device).eval()

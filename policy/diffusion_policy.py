@@ -1,0 +1,176 @@
+"""Diffusion Policy (Chi et al. 2023): actions A_t = (a_t, …, a_{t+T−1}) denoised by a 1-D U-Net
+conditioned on the last n_obs_steps observations.
+
+Training (Ho et al. 2020, L_simple): k ~ U{0, …, K−1}, ε ~ N(0, I),
+    A^k = √ᾱ_k A⁰ + √(1 − ᾱ_k) ε,   L = ‖target − f_θ(A^k, k, enc(O_t))‖²
+with target ε, A⁰ or v per ``prediction_type``. Inference runs the reverse chain of the
+scheduler (DDPM or DDIM, respaced to ``num_inference_steps``) from A^K ~ N(0, I) and executes
+actions ``n_obs_steps − 1 … n_obs_steps − 1 + n_action_steps − 1`` of the denoised sequence.
+Low-dim and image policies differ only in their observation encoder.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from datasets.normalizer import LinearNormalizer
+from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from policy.obs_encoders import build_obs_encoder
+from policy.unet1d import ConditionalUnet1D
+
+SAMPLERS = ("ddpm", "ddim")
+OBS_TYPES = ("lowdim", "image")
+
+
+@dataclass
+class DiffusionPolicyConfig:
+    """Everything that defines a policy's architecture and sampling (a checkpoint stores it)."""
+
+    obs_type: str = "lowdim"
+    obs_dim: int = 20  # low-dim observation size per step
+    action_dim: int = 2
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    diffusion_step_embed_dim: int = 256
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "epsilon"
+    clip_sample: bool = True
+    sampler: str = "ddpm"
+    num_inference_steps: int = 100
+    image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
+
+    def __post_init__(self) -> None:
+        self.down_dims = tuple(int(d) for d in self.down_dims)
+        problems = []
+        if self.obs_type not in OBS_TYPES:
+            problems.append(f"obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
+        if self.sampler not in SAMPLERS:
+            problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            problems.append(f"num_inference_steps must be in [1, num_train_timesteps={self.num_train_timesteps}]")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            problems.append(f"n_obs_steps − 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
+                            f"exceeds horizon {self.horizon}")
+        if self.horizon % 2 ** (len(self.down_dims) - 1):
+            problems.append(f"horizon {self.horizon} must be a multiple of 2^(len(down_dims)−1)")
+        if any(d % self.n_groups for d in self.down_dims):
+            problems.append(f"every down_dims entry must be divisible by n_groups={self.n_groups}")
+        if problems:
+            raise ValueError("invalid policy config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "DiffusionPolicyConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown policy config keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["down_dims"] = list(self.down_dims)
+        return values
+
+
+class DiffusionUnetPolicy(nn.Module):
+    """``compute_loss(batch)`` for training, ``predict_action(obs)`` for control, ``reset()`` between episodes."""
+
+    def __init__(self, config: DiffusionPolicyConfig, normalizer: LinearNormalizer | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.normalizer = normalizer if normalizer is not None else LinearNormalizer()
+        self.obs_encoder = build_obs_encoder(config)
+        self.model = ConditionalUnet1D(
+            action_dim=config.action_dim,
+            global_cond_dim=self.obs_encoder.output_dim * config.n_obs_steps,
+            down_dims=config.down_dims,
+            kernel_size=config.kernel_size,
+            n_groups=config.n_groups,
+            diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+        )
+        scheduler_args = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                              clip_sample=config.clip_sample, prediction_type=config.prediction_type)
+        self.noise_scheduler = DDPMScheduler(variance_type="fixed_small", **scheduler_args)
+        self.inference_scheduler = (DDPMScheduler(variance_type="fixed_small", **scheduler_args)
+                                    if config.sampler == "ddpm" else DDIMScheduler(**scheduler_args))
+        self.inference_scheduler.set_timesteps(config.num_inference_steps)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def reset(self) -> None:
+        """Policies here are stateless between calls; the executor keeps the history."""
+
+    def set_num_inference_steps(self, steps: int, sampler: str | None = None) -> None:
+        """Change the sampling chain (e.g. DDIM-10 for fast control) without retraining."""
+        values = self.config.to_dict() | {"num_inference_steps": steps, "sampler": sampler or self.config.sampler}
+        self.config = DiffusionPolicyConfig.from_dict(values)
+        scheduler_args = dict(self.noise_scheduler.config)
+        if self.config.sampler == "ddim":
+            self.inference_scheduler = DDIMScheduler(**{k: scheduler_args[k] for k in (
+                "num_train_timesteps", "beta_schedule", "clip_sample", "prediction_type")})
+        else:
+            self.inference_scheduler = DDPMScheduler.from_dict(scheduler_args)
+        self.inference_scheduler.set_timesteps(steps)
+
+    # --- conditioning ------------------------------------------------------------------
+    def _global_condition(self, normalized_obs) -> torch.Tensor:
+        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): each observation step encoded by the shared encoder."""
+        steps = self.config.n_obs_steps
+        obs = {k: v[:, :steps] for k, v in normalized_obs.items()}
+        batch = next(iter(obs.values())).shape[0]
+        flat = {k: v.reshape(batch * steps, *v.shape[2:]) for k, v in obs.items()}
+        return self.obs_encoder(flat).reshape(batch, -1)
+
+    def _normalized_obs(self, obs) -> dict[str, torch.Tensor]:
+        obs = obs if isinstance(obs, dict) else {"obs": obs}
+        return self.normalizer.normalize(obs)
+
+    # --- training ----------------------------------------------------------------------
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple over a batch ``{"obs": ..., "action": (B, T, Da)}``."""
+        cond = self._global_condition(self._normalized_obs(batch["obs"]))
+        actions = self.normalizer["action"].normalize(batch["action"])
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        steps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],),
+                              generator=generator, device=actions.device)
+        noisy = self.noise_scheduler.add_noise(actions, noise, steps)
+        prediction = self.model(noisy, steps, cond)
+        if self.config.prediction_type == "epsilon":
+            target = noise
+        elif self.config.prediction_type == "sample":
+            target = actions
+        else:
+            target = self.noise_scheduler.get_velocity(actions, noise, steps)
+        return F.mse_loss(prediction, target)
+
+    # --- inference ---------------------------------------------------------------------
+    @torch.no_grad()
+    def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Run the reverse chain from A^K ~ N(0, I); returns normalized (B, T, Da)."""
+        shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
+        sample = torch.randn(shape, generator=generator, device=cond.device)
+        scheduler = self.inference_scheduler
+        for t in scheduler.timesteps.tolist():
+            sample = scheduler.step(self.model(sample, t, cond), t, sample, generator=generator).prev_sample
+        return sample
+
+    @torch.no_grad()
+    def predict_action(self, obs: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """``obs``: ``{"obs": (B, To, D)}`` (low-dim) or ``{"image": (B, To, 3, H, W), "agent_pos": (B, To, 2)}``.
+
+        Returns ``{"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}`` in env units.
+        """
+        cond = self._global_condition(self._normalized_obs(obs))
+        action_pred = self.normalizer["action"].unnormalize(self.sample_actions(cond, generator))
+        start = self.config.n_obs_steps - 1
+        return {"action": action_pred[:, start:start + self.config.n_action_steps], "action_pred": action_pred}

@@ -1,0 +1,113 @@
+"""Push-T low-dim and image datasets on the original demonstrations."""
+import numpy as np
+import pytest
+import torch
+import zarr
+from torch.utils.data import DataLoader
+
+from datasets.paths import pusht_zarr_path
+from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+
+PUSHT = pusht_zarr_path()
+pytestmark = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")
+
+
+@pytest.fixture(scope="module")
+def raw():
+    group = zarr.open_group(PUSHT, mode="r")
+    return {key: group[f"data/{key}"] for key in ("keypoint", "state", "action", "img")}
+
+
+@pytest.fixture(scope="module")
+def lowdim():
+    return PushTLowdimDataset()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return PushTImageDataset(PUSHT)
+
+
+def expected_steps(dataset, index):
+    return dataset.sampler.step_indices([index])[0]
+
+
+def test_lowdim_items_hold_keypoints_agent_pos_and_action(lowdim, raw):
+    assert len(lowdim) == 10726
+    index = 1234
+    item = lowdim[index]
+    assert item["obs"].shape == (16, 20) and item["action"].shape == (16, 2)
+    assert item["obs"].dtype == item["action"].dtype == torch.float32
+    steps = expected_steps(lowdim, index)
+    keypoints = raw["keypoint"][steps.min():steps.max() + 1][steps - steps.min()].reshape(16, 18)
+    agent_pos = raw["state"][steps.min():steps.max() + 1][steps - steps.min(), :2]
+    np.testing.assert_array_equal(item["obs"].numpy(), np.concatenate([keypoints, agent_pos], axis=1))
+    np.testing.assert_array_equal(item["action"].numpy(), raw["action"][steps.min():steps.max() + 1][steps - steps.min()])
+
+
+def test_first_window_is_padded_with_first_frame(lowdim):
+    first = lowdim[0]["action"]
+    torch.testing.assert_close(first[0], first[1])
+
+
+def test_batched_indexing_equals_single_items(lowdim):
+    ids = [0, 5, 10725, -1]
+    batch = lowdim[ids]
+    assert batch["obs"].shape == (4, 16, 20)
+    for row, index in enumerate(ids):
+        torch.testing.assert_close(batch["obs"][row], lowdim[index]["obs"])
+    with pytest.raises(IndexError):
+        lowdim[len(lowdim)]
+
+
+def test_validation_dataset_uses_only_held_out_episodes(lowdim):
+    validation = lowdim.get_validation_dataset()
+    assert len(validation) > 0 and len(lowdim) == 10726
+    lengths = np.diff(lowdim.episode_ends, prepend=0)
+    keep = lowdim.val_mask
+    assert len(validation) == int((lengths[keep] - 16 + 1 + 7 + 1).sum())
+    episode_of_step = np.searchsorted(lowdim.episode_ends, validation.sampler.windows[:, 1], side="right")
+    assert keep[episode_of_step].all() and not lowdim.train_mask[episode_of_step].any()
+
+
+def test_lowdim_normalizer_fits_all_episodes(lowdim):
+    normalizer = lowdim.get_normalizer()
+    assert sorted(normalizer.keys()) == ["action", "obs"]
+    obs = normalizer["obs"].normalize(torch.from_numpy(lowdim.arrays["obs"]))
+    torch.testing.assert_close(obs.min(0).values, -torch.ones(20))
+    torch.testing.assert_close(obs.max(0).values, torch.ones(20))
+    assert sorted(lowdim.get_normalizer("gaussian").keys()) == ["action", "obs"]
+
+
+def test_dataloaders_deliver_same_batches(lowdim):
+    order = torch.Generator().manual_seed(0)
+    fast = next(iter(make_dataloader(lowdim, 8, shuffle=False)))
+    plain = next(iter(DataLoader(lowdim, batch_size=8, shuffle=False)))
+    for key in ("obs", "action"):
+        torch.testing.assert_close(fast[key], plain[key])
+    workers = make_dataloader(lowdim, 256, shuffle=True, num_workers=2, drop_last=True, generator=order)
+    batches = [batch["obs"].shape for _, batch in zip(range(3), workers)]
+    assert batches == [(256, 16, 20)] * 3 and len(workers) == len(lowdim) // 256
+
+
+def test_image_items_are_float_chw_in_unit_range(image, raw):
+    assert len(image) == 10726
+    item = image[777]
+    assert item["obs"]["image"].shape == (16, 3, 96, 96) and item["obs"]["image"].dtype == torch.float32
+    assert item["obs"]["agent_pos"].shape == (16, 2) and item["action"].shape == (16, 2)
+    steps = expected_steps(image, 777)
+    frames = raw["img"][steps.min():steps.max() + 1][steps - steps.min()]
+    expected = torch.from_numpy(frames).permute(0, 3, 1, 2) / 255.0
+    torch.testing.assert_close(item["obs"]["image"], expected, atol=1e-6, rtol=0)
+
+
+def test_image_loader_and_normalizer(image):
+    batch = next(iter(make_dataloader(image, 64, shuffle=True)))
+    assert batch["obs"]["image"].shape == (64, 16, 3, 96, 96) and batch["obs"]["image"].is_contiguous()
+    assert 0.0 <= batch["obs"]["image"].min() and batch["obs"]["image"].max() <= 1.0
+    normalizer = image.get_normalizer()
+    assert sorted(normalizer.keys()) == ["action", "agent_pos", "image"]
+    normalized = normalizer.normalize(batch["obs"])
+    assert normalized["image"].min() >= -1.0 and normalized["image"].max() <= 1.0
+    assert normalized["agent_pos"].abs().max() <= 1.0 + 1e-6
+

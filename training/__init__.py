@@ -1,0 +1,1 @@
+"""Training: the workspace that owns a run, its logger and checkpoint bookkeeping."""

@@ -1,0 +1,38 @@
+"""Checks a run config before any work starts, so a typo fails in a second with a clear message."""
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from policy.diffusion_policy import DiffusionPolicyConfig
+
+REQUIRED_SECTIONS = ("task", "policy", "training", "ema", "eval", "checkpoint", "logging")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda:0`` when a GPU is visible, else ``cpu``; anything else must exist."""
+    if device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"training.device={device} but no CUDA device is available; use training.device=cpu")
+    return device
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Raise ``ValueError`` listing every problem found; resolves ``training.device``."""
+    missing = [name for name in REQUIRED_SECTIONS if name not in cfg]
+    if missing:
+        raise ValueError(f"config lacks sections {missing}")
+    DiffusionPolicyConfig.from_dict(OmegaConf.to_container(cfg.policy, resolve=True))
+    tc = cfg.training
+    problems = []
+    for key in ("num_epochs", "batch_size", "checkpoint_every"):
+        if not isinstance(tc[key], int) or tc[key] < 1:
+            problems.append(f"training.{key} must be a positive integer, got {tc[key]!r}")
+    if not tc.lr > 0:
+        problems.append(f"training.lr must be positive, got {tc.lr!r}")
+    if cfg.policy.obs_type != cfg.task.obs_type:
+        problems.append(f"policy.obs_type={cfg.policy.obs_type} does not match task.obs_type={cfg.task.obs_type}")
+    if problems:
+        raise ValueError("invalid config: " + "; ".join(problems))
+    cfg.training.device = resolve_device(str(tc.device))

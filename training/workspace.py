@@ -1,0 +1,208 @@
+"""The training workspace: owns one run — data, policy, EMA, optimizer, LR schedule, logging,
+rollouts, checkpoints and exact resume.
+
+Optimisation: AdamW, learning rate warmed up linearly for ``lr_warmup_steps`` then cosine-decayed
+to 0 over all training steps, stepped per batch; EMA of the weights with decay
+1 − (1 + step / inv_gamma)^(−power) capped at ``max_value``. Rollouts and the final evaluation use
+the EMA policy.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from datasets.download import ensure_pusht
+from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+from diffusion.ema import EMAModel
+from evaluation.runner import PushTRunner, RunnerConfig
+from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from policy.executor import torch_predictor
+from training.logger import RunLogger
+from training.topk import TopKCheckpoints
+
+# Config sections whose change makes a checkpoint incompatible with a run.
+ARCHITECTURE_KEYS = ("policy", "task")
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int):
+    """lr factor: k / warmup for k < warmup, then ½ (1 + cos(π (k − warmup) / (total − warmup)))."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+
+    return factor
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+class TrainingWorkspace:
+    def __init__(self, cfg: DictConfig, output_dir: str | Path) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        self.device = torch.device(cfg.training.device)
+        self.epoch = 0
+        self.global_step = 0
+
+    # --- construction ------------------------------------------------------------------
+    def _build_data(self):
+        task = self.cfg.task
+        zarr_path = ensure_pusht(self.cfg.data_root, allow_download=bool(self.cfg.allow_download))
+        dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
+        dataset = dataset_class(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
+                                pad_before=self.cfg.policy.n_obs_steps - 1,
+                                pad_after=self.cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
+                                val_ratio=task.dataset.val_ratio,
+                                max_train_episodes=task.dataset.max_train_episodes)
+        return dataset, dataset.get_validation_dataset()
+
+    def _build_policy(self, normalizer) -> DiffusionUnetPolicy:
+        config = DiffusionPolicyConfig.from_dict(OmegaConf.to_container(self.cfg.policy, resolve=True))
+        return DiffusionUnetPolicy(config, normalizer).to(self.device)
+
+    def _runner(self, n_test: int | None = None) -> PushTRunner:
+        values = OmegaConf.to_container(self.cfg.eval, resolve=True)
+        values["obs_type"] = "keypoints" if self.cfg.task.obs_type == "lowdim" else "image"
+        if n_test is not None:
+            values["n_test"] = n_test
+        return PushTRunner(RunnerConfig(**values), self.cfg.policy.n_obs_steps, self.cfg.policy.n_action_steps)
+
+    # --- checkpoints -------------------------------------------------------------------
+    def _payload(self, metrics: dict) -> dict:
+        return {
+            "config": OmegaConf.to_container(self.cfg, resolve=True),
+            "policy_config": self.policy.config.to_dict(),
+            "state_dicts": {
+                "model": self.policy.state_dict(),
+                "ema_model": self.ema.averaged_model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+            },
+            "training_state": {
+                "epoch": self.epoch, "global_step": self.global_step,
+                "ema_step": self.ema.optimization_step, "ema_decay": self.ema.decay,
+                "torch_rng": torch.get_rng_state(), "loader_rng": self.loader_generator.get_state(),
+                "topk": self.topk.state(),
+            },
+            "metrics": metrics,
+        }
+
+    def _check_compatible(self, payload: dict, path: Path) -> None:
+        saved = payload["config"]
+        current = OmegaConf.to_container(self.cfg, resolve=True)
+        differing = [key for key in ARCHITECTURE_KEYS if saved.get(key) != current.get(key)]
+        if differing:
+            raise CheckpointError(f"{path} was written by a run with a different {' and '.join(differing)} config; "
+                                  f"resume it with its own config or start a new output dir")
+
+    def _resume(self, path: Path) -> None:
+        payload = load_checkpoint(path, map_location=self.device)
+        self._check_compatible(payload, path)
+        states, position = payload["state_dicts"], payload["training_state"]
+        self.policy.load_state_dict(states["model"])
+        self.ema.averaged_model.load_state_dict(states["ema_model"])
+        self.ema.optimization_step, self.ema.decay = position["ema_step"], position["ema_decay"]
+        self.optimizer.load_state_dict(states["optimizer"])
+        self.lr_scheduler.load_state_dict(states["lr_scheduler"])
+        self.epoch, self.global_step = position["epoch"], position["global_step"]
+        torch.set_rng_state(position["torch_rng"])
+        self.loader_generator.set_state(position["loader_rng"])
+        self.topk.load_state(position["topk"])
+        print(f"resumed {path} at epoch {self.epoch}, step {self.global_step}")
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self) -> dict:
+        cfg, tc = self.cfg, self.cfg.training
+        self.loader_generator = seed_everything(tc.seed)
+        torch.set_num_threads(tc.num_threads) if tc.num_threads else None
+        dataset, val_dataset = self._build_data()
+        self.policy = self._build_policy(dataset.get_normalizer())
+        self.ema = EMAModel(self.policy, **cfg.ema)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+                                           eps=tc.eps, weight_decay=tc.weight_decay)
+        loader = make_dataloader(dataset, tc.batch_size, shuffle=True, device=self.device,
+                                 generator=self.loader_generator)
+        total_steps = tc.max_train_steps or len(loader) * tc.num_epochs
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
+        self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor)
+        latest = self.checkpoint_dir / "latest.ckpt"
+        if tc.resume and latest.exists():
+            self._resume(latest)
+        logger = RunLogger(self.output_dir, cfg)
+        metrics: dict = {}
+        started = time.monotonic()
+        while self.epoch < tc.num_epochs and (not tc.max_train_steps or self.global_step < tc.max_train_steps):
+            epoch_losses = []
+            bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress)
+            for batch in bar:
+                loss = self.policy.compute_loss(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.ema.step(self.policy)
+                self.global_step += 1
+                epoch_losses.append(loss.item())
+                bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
+                logger.log({"train_loss": epoch_losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
+                            "global_step": self.global_step, "epoch": self.epoch}, self.global_step,
+                           every=tc.log_every)
+                if tc.max_train_steps and self.global_step >= tc.max_train_steps:
+                    break
+            self.epoch += 1
+            metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
+                       "global_step": self.global_step, "wall_minutes": (time.monotonic() - started) / 60}
+            is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
+            if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
+                metrics["val_loss"] = self._validation_loss(val_dataset)
+            if tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last):
+                metrics.update(self._rollout(logger))
+            if self.epoch % tc.checkpoint_every == 0 or is_last:
+                self._save(metrics)
+            logger.log(metrics, self.global_step)
+        logger.close()
+        return metrics
+
+    @torch.no_grad()
+    def _validation_loss(self, val_dataset) -> float:
+        generator = torch.Generator().manual_seed(0)
+        losses = [self.ema.averaged_model.compute_loss(batch, generator=generator).item()
+                  for batch in make_dataloader(val_dataset, self.cfg.training.batch_size, shuffle=False,
+                                               device=self.device)]
+        return float(np.mean(losses))
+
+    def _rollout(self, logger: RunLogger) -> dict:
+        policy = self.ema.averaged_model
+        video_dir = self.output_dir / "media" / f"epoch_{self.epoch:04d}"
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.training.seed)
+        result = self._runner().run(torch_predictor(policy, self.device, generator), video_dir=video_dir,
+                                    progress=self.cfg.training.progress)
+        metrics = result.metrics()
+        metrics["test_mean_score"] = metrics["test/mean_score"]
+        logger.log_videos(result.videos, self.global_step)
+        return metrics
+
+    def _save(self, metrics: dict) -> None:
+        payload = self._payload(metrics)
+        save_checkpoint(payload, self.checkpoint_dir / "latest.ckpt")
+        if self.cfg.checkpoint.monitor in metrics:
+            self.topk.offer(payload, metrics[self.cfg.checkpoint.monitor], self.epoch)
+        (self.output_dir / "latest_metrics.json").write_text(json.dumps(metrics, indent=2))
