@@ -7,6 +7,10 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Small tensors: one intra-op thread is as fast and never oversubscribes a busy machine.
+torch.set_num_threads(1)
 
 from datasets.paths import pusht_zarr_path  # noqa: E402
 

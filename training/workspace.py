@@ -139,7 +139,7 @@ class TrainingWorkspace:
                                            eps=tc.eps, weight_decay=tc.weight_decay)
         loader = make_dataloader(dataset, tc.batch_size, shuffle=True, device=self.device,
                                  generator=self.loader_generator)
-        total_steps = tc.max_train_steps or len(loader) * tc.num_epochs
+        total_steps = len(loader) * tc.num_epochs  # the LR schedule's length; max_train_steps only stops early
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
         self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor)
@@ -148,7 +148,7 @@ class TrainingWorkspace:
             self._resume(latest)
         logger = RunLogger(self.output_dir, cfg)
         metrics: dict = {}
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), time.process_time()
         while self.epoch < tc.num_epochs and (not tc.max_train_steps or self.global_step < tc.max_train_steps):
             epoch_losses = []
             bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress)
@@ -169,7 +169,8 @@ class TrainingWorkspace:
                     break
             self.epoch += 1
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
-                       "global_step": self.global_step, "wall_minutes": (time.monotonic() - started) / 60}
+                       "global_step": self.global_step, "wall_minutes": (time.monotonic() - started) / 60,
+                       "cpu_minutes": (time.process_time() - cpu_started) / 60}
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
                 metrics["val_loss"] = self._validation_loss(val_dataset)

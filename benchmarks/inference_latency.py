@@ -1,0 +1,65 @@
+"""Per-chunk inference latency at batch 1 on CPU: observation in, 8 actions out.
+
+    python benchmarks/inference_latency.py [--calls 50] [--threads 1] [--checkpoint pretrained/pusht_lowdim.ckpt]
+
+Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
+the same network with DDIM-10, and the shipped checkpoint with its own sampler. Each row is the
+median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datasets.normalizer import LinearNormalizer
+from policy.checkpoint import load_policy
+from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+
+
+def random_policy(**overrides) -> DiffusionUnetPolicy:
+    rng = np.random.default_rng(0)
+    normalizer = LinearNormalizer().fit({"obs": rng.uniform(0, 512, (64, 20)).astype(np.float32),
+                                         "action": rng.uniform(0, 512, (64, 2)).astype(np.float32)})
+    return DiffusionUnetPolicy(DiffusionPolicyConfig(**overrides), normalizer).eval()
+
+
+def latency_ms(policy: DiffusionUnetPolicy, calls: int) -> float:
+    obs = {"obs": torch.rand(1, policy.config.n_obs_steps, 20) * 512}
+    generator = torch.Generator().manual_seed(0)
+    timings = []
+    for i in range(calls + 3):
+        start = time.perf_counter()
+        policy.predict_action(obs, generator=generator)
+        if i >= 3:
+            timings.append(time.perf_counter() - start)
+    return statistics.median(timings) * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--paper-calls", type=int, default=10, help="calls for the slow DDPM-100 paper row")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [("paper config, DDPM-100", random_policy(), args.paper_calls),
+            ("paper config, DDIM-10", random_policy(sampler="ddim", num_inference_steps=10), args.calls)]
+    if args.checkpoint.exists():
+        shipped = load_policy(args.checkpoint)
+        rows.append((f"shipped {args.checkpoint.name}, {shipped.config.sampler.upper()}-"
+                     f"{shipped.config.num_inference_steps}", shipped, args.calls))
+    print(f"threads={args.threads}")
+    print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
+    for name, policy, calls in rows:
+        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6
+        print(f"{name:<48} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Evaluate a checkpoint with the paper's protocol:
+
+    python eval.py --checkpoint CKPT --output_dir DIR [--device cpu] [--n_test 50]
+                   [--test_start_seed 100000] [--n_train 6] [--n_envs K] [--num_inference_steps K]
+
+Writes ``DIR/eval_log.json`` (``test/mean_score`` = mean of per-episode max reward,
+``test/success_rate``, per-seed results) and rollout videos in ``DIR/media/``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--output_dir", required=True, type=Path)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--n_test", type=int, default=50)
+    parser.add_argument("--test_start_seed", type=int, default=100000)
+    parser.add_argument("--n_train", type=int, default=6)
+    parser.add_argument("--train_start_seed", type=int, default=0)
+    parser.add_argument("--n_envs", type=int, default=8)
+    parser.add_argument("--n_workers", type=int, default=None, help="env processes (default one per env; 0 = in-process)")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the checkpoint's")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the checkpoint's")
+    parser.add_argument("--n_test_videos", type=int, default=4)
+    parser.add_argument("--n_train_videos", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=42, help="seed of the diffusion sampling noise")
+    parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    from evaluation.runner import PushTRunner, RunnerConfig
+    from policy.checkpoint import load_policy
+    from policy.executor import torch_predictor
+
+    policy = load_policy(args.checkpoint, device=args.device)
+    if args.num_inference_steps is not None or args.sampler is not None:
+        policy.set_num_inference_steps(args.num_inference_steps or policy.config.num_inference_steps, args.sampler)
+    obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"
+    runner_config = RunnerConfig(obs_type=obs_type, n_test=args.n_test, test_start_seed=args.test_start_seed,
+                                 n_train=args.n_train, train_start_seed=args.train_start_seed, n_envs=args.n_envs,
+                                 n_workers=args.n_workers, n_test_videos=args.n_test_videos,
+                                 n_train_videos=args.n_train_videos)
+    runner = PushTRunner(runner_config, policy.config.n_obs_steps, policy.config.n_action_steps)
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    started = time.monotonic()
+    result = runner.run(torch_predictor(policy, args.device, generator), video_dir=args.output_dir / "media")
+    metrics = result.metrics()
+    log = {
+        **metrics,
+        "checkpoint": str(args.checkpoint),
+        "sampler": policy.config.sampler,
+        "num_inference_steps": policy.config.num_inference_steps,
+        "runner": asdict(runner_config),
+        "wall_seconds": time.monotonic() - started,
+        "episodes": [asdict(e) for e in result.episodes],
+        "failures": result.failures,
+        "videos": {name: str(path) for name, path in result.videos.items()},
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "eval_log.json").write_text(json.dumps(log, indent=2))
+    if args.wandb != "disabled":
+        import wandb
+
+        config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+        run = wandb.init(project="diffusion_policy_eval", mode=args.wandb, dir=str(args.output_dir), config=config)
+        run.log(metrics | {f"{name}/video": wandb.Video(str(path), format="mp4") for name, path in result.videos.items()})
+        run.finish()
+    summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {args.output_dir / 'eval_log.json'}")
+    return log
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

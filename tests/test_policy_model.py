@@ -1,0 +1,130 @@
+"""ConditionalUnet1D, the policy's loss and sampling, its config and the receding-horizon executor."""
+import numpy as np
+import pytest
+import torch
+
+from datasets.normalizer import LinearNormalizer
+from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from policy.executor import ObservationHistory, RecedingHorizonExecutor
+from policy.unet1d import ConditionalUnet1D
+
+TINY = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, sampler="ddim", num_inference_steps=5)
+
+
+def tiny_policy(**overrides):
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    normalizer = LinearNormalizer().fit({"obs": rng.uniform(0, 512, (100, 20)).astype(np.float32),
+                                         "action": rng.uniform(0, 512, (100, 2)).astype(np.float32)})
+    return DiffusionUnetPolicy(DiffusionPolicyConfig(**(TINY | overrides)), normalizer)
+
+
+def test_unet_keeps_shape_and_uses_condition():
+    net = ConditionalUnet1D(action_dim=2, global_cond_dim=40, down_dims=(16, 32, 64), diffusion_step_embed_dim=16)
+    x = torch.randn(3, 16, 2)
+    cond = torch.randn(3, 40)
+    out = net(x, torch.tensor([0, 5, 99]), cond)
+    assert out.shape == x.shape
+    assert not torch.allclose(out, net(x, torch.tensor([0, 5, 99]), cond + 1.0))
+    assert not torch.allclose(out, net(x, 50, cond))  # scalar timestep broadcasts
+    with pytest.raises(ValueError, match="multiple of 4"):
+        net(torch.randn(1, 10, 2), 0, torch.randn(1, 40))
+
+
+def test_paper_lowdim_unet_size():
+    net = ConditionalUnet1D(action_dim=2, global_cond_dim=40, down_dims=(256, 512, 1024), diffusion_step_embed_dim=256)
+    n_params = sum(p.numel() for p in net.parameters())
+    assert 65e6 < n_params < 67e6  # the reference's low-dim UNet has 6.6e7 parameters
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(sampler="euler"), "sampler"),
+    (dict(num_inference_steps=500), "num_inference_steps"),
+    (dict(n_action_steps=16), "exceeds horizon"),
+    (dict(horizon=10), "multiple"),
+    (dict(down_dims=(12, 24, 48)), "n_groups"),
+])
+def test_config_validation_names_the_problem(bad, message):
+    with pytest.raises(ValueError, match=message):
+        DiffusionPolicyConfig(**(TINY | bad))
+    with pytest.raises(ValueError, match="unknown policy config keys"):
+        DiffusionPolicyConfig.from_dict({"horizen": 16})
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    policy = tiny_policy()
+    generator = torch.Generator().manual_seed(0)
+    batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        generator.manual_seed(0)  # same noise and timesteps every step: a fixed objective
+        loss = policy.compute_loss(batch, generator=generator)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_predict_action_shapes_slice_and_units():
+    policy = tiny_policy().eval()
+    out = policy.predict_action({"obs": torch.rand(4, 2, 20) * 512}, generator=torch.Generator().manual_seed(1))
+    assert out["action_pred"].shape == (4, 16, 2) and out["action"].shape == (4, 8, 2)
+    torch.testing.assert_close(out["action"], out["action_pred"][:, 1:9])
+    # clip_sample keeps normalized actions in [-1, 1], i.e. inside the fitted action range
+    low, high = policy.normalizer["action"].unnormalize(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+    assert torch.all(out["action_pred"] >= low - 1e-3) and torch.all(out["action_pred"] <= high + 1e-3)
+
+
+def test_sampling_is_reproducible_with_a_generator():
+    policy = tiny_policy().eval()
+    obs = {"obs": torch.rand(2, 2, 20) * 512}
+    a = policy.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
+    b = policy.predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
+    torch.testing.assert_close(a, b)
+
+
+def test_normalizer_travels_in_the_state_dict():
+    trained = tiny_policy()
+    fresh = DiffusionUnetPolicy(DiffusionPolicyConfig(**TINY))
+    fresh.load_state_dict(trained.state_dict())
+    x = torch.rand(3, 20) * 512
+    torch.testing.assert_close(fresh.normalizer.normalize({"obs": x})["obs"],
+                               trained.normalizer.normalize({"obs": x})["obs"])
+
+
+def test_set_num_inference_steps_switches_sampler():
+    policy = tiny_policy()
+    policy.set_num_inference_steps(20, "ddpm")
+    assert policy.config.sampler == "ddpm" and len(policy.inference_scheduler.timesteps) == 20
+
+
+def test_observation_history_repeats_first_then_rolls():
+    history = ObservationHistory(2)
+    history.reset({"obs": np.array([[1.0]])})
+    np.testing.assert_array_equal(history.stacked()["obs"], [[[1.0], [1.0]]])
+    history.append({"obs": np.array([[2.0]])})
+    history.append({"obs": np.array([[3.0]])})
+    np.testing.assert_array_equal(history.stacked()["obs"], [[[2.0], [3.0]]])
+
+
+def test_executor_replans_every_n_action_steps_and_drops_finished_episodes():
+    calls = []
+
+    def predict(stacked):
+        calls.append(stacked["obs"].copy())
+        batch = stacked["obs"].shape[0]
+        return np.arange(8, dtype=float)[None, :, None].repeat(batch, 0).repeat(2, 2) + 10 * len(calls)
+
+    executor = RecedingHorizonExecutor(predict, n_obs_steps=2, n_action_steps=8)
+    executor.reset({"obs": np.zeros((3, 20))})
+    actions = [executor.act(None)]
+    for step in range(1, 12):
+        actions.append(executor.act({"obs": np.full((3, 20), step)}))
+    assert len(calls) == 2 and executor.chunks_predicted == 2
+    np.testing.assert_array_equal(calls[0][:, :, 0], [[0, 0]] * 3)  # first obs repeated at reset
+    np.testing.assert_array_equal(calls[1][:, :, 0], [[7, 8]] * 3)  # the two newest at replanning
+    assert [a[0, 0] for a in actions[:9]] == [10, 11, 12, 13, 14, 15, 16, 17, 20]
+    executor.select([0, 2])
+    assert executor.act({"obs": np.full((2, 20), 12)}).shape == (2, 2)

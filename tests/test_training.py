@@ -1,0 +1,133 @@
+"""Training end to end on tiny settings: train → checkpoint → exact resume → eval, CLI and errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from policy.checkpoint import CheckpointError, load_checkpoint, load_policy, save_checkpoint
+from training.config import validate_config
+from training.workspace import TrainingWorkspace, warmup_cosine
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_OVERRIDES = [
+    "policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16", "policy.num_inference_steps=3",
+    "task.dataset.max_train_episodes=4", "training.batch_size=128", "training.lr_warmup_steps=2",
+    "training.rollout_every=2", "training.checkpoint_every=1", "training.progress=false", "training.num_threads=1",
+    "eval.n_test=2", "eval.n_train=1", "eval.n_envs=3", "eval.n_workers=0", "eval.max_steps=16",
+    "eval.n_test_videos=1", "eval.n_train_videos=0", "logging.mode=disabled",
+]
+
+
+def tiny_config(*extra):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose(config_name="pusht_lowdim_cpu", overrides=TINY_OVERRIDES + list(extra))
+    validate_config(cfg)
+    return cfg
+
+
+def weights(path):
+    return load_checkpoint(path)["state_dicts"]["model"]
+
+
+def test_warmup_cosine_schedule():
+    factor = warmup_cosine(10, 110)
+    assert factor(0) == 0 and factor(5) == 0.5 and factor(10) == 1.0
+    assert factor(60) == pytest.approx(0.5) and factor(110) == pytest.approx(0.0)
+
+
+def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
+    straight = tmp_path / "straight"
+    metrics = TrainingWorkspace(tiny_config("training.num_epochs=2"), straight).run()
+    assert metrics["epoch"] == 2 and "test/mean_score" in metrics and "val_loss" in metrics
+    assert (straight / "checkpoints" / "latest.ckpt").exists()
+    assert len(list((straight / "checkpoints").glob("epoch=*-test_mean_score=*.ckpt"))) == 1
+    assert list((straight / "media").rglob("*.mp4"))
+    log_lines = (straight / "logs.json.txt").read_text().splitlines()
+    assert json.loads(log_lines[0])["train_loss"] > 0
+
+    resumed = tmp_path / "resumed"
+    steps_per_epoch = metrics["global_step"] // 2
+    # Interrupted after the first epoch, then continued (resume=true picks up latest.ckpt).
+    TrainingWorkspace(tiny_config("training.num_epochs=2", f"training.max_train_steps={steps_per_epoch}"), resumed).run()
+    TrainingWorkspace(tiny_config("training.num_epochs=2"), resumed).run()
+    a, b = weights(straight / "checkpoints" / "latest.ckpt"), weights(resumed / "checkpoints" / "latest.ckpt")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+    policy = load_policy(straight / "checkpoints" / "latest.ckpt")
+    assert not policy.training and policy.config.num_inference_steps == 3
+
+    from eval import main as eval_main
+
+    log = eval_main(["--checkpoint", str(straight / "checkpoints" / "latest.ckpt"), "--output_dir",
+                     str(tmp_path / "eval"), "--n_test", "2", "--n_train", "0", "--n_envs", "2", "--n_workers", "0",
+                     "--n_test_videos", "1"])
+    saved = json.loads((tmp_path / "eval" / "eval_log.json").read_text())
+    assert saved["test/mean_score"] == log["test/mean_score"] and len(saved["episodes"]) == 2
+    assert {"seed", "max_reward", "max_coverage", "success"} <= set(saved["episodes"][0])
+    assert list((tmp_path / "eval" / "media").glob("*.mp4"))
+
+
+def test_resume_with_another_architecture_is_refused(tmp_path, pusht_zarr):
+    TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=0"), tmp_path).run()
+    with pytest.raises(CheckpointError, match="different policy"):
+        TrainingWorkspace(tiny_config("training.num_epochs=2", "policy.down_dims=[8,16,32]"), tmp_path).run()
+
+
+def test_corrupted_and_foreign_checkpoints_are_named(tmp_path):
+    corrupted = tmp_path / "bad.ckpt"
+    corrupted.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_policy(corrupted)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_policy(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(tmp_path / "missing.ckpt")
+    incomplete = save_checkpoint({"config": {}}, tmp_path / "incomplete.ckpt")
+    with pytest.raises(CheckpointError, match="lacks 'policy_config'"):
+        load_policy(incomplete)
+
+
+def test_missing_dataset_error_says_where_to_get_it(tmp_path):
+    cfg = tiny_config(f"data_root={tmp_path / 'nowhere'}")
+    with pytest.raises(Exception, match="datasets.download"):
+        TrainingWorkspace(cfg, tmp_path / "out").run()
+
+
+def test_invalid_config_values_are_rejected():
+    with pytest.raises(ValueError, match="num_epochs"):
+        tiny_config("training.num_epochs=0")
+    with pytest.raises(ValueError, match="sampler"):
+        tiny_config("policy.sampler=heun")
+
+
+def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
+    env = dict(os.environ, SDL_VIDEODRIVER="dummy", OMP_NUM_THREADS="1")
+    command = [sys.executable, "train.py", "--config-name=pusht_lowdim_cpu", "training.seed=42",
+               "training.device=cpu", "training.num_epochs=1", "training.rollout_every=0",
+               f"hydra.run.dir={tmp_path}"] + [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")
+    assert saved["config"]["training"]["seed"] == 42 and saved["config"]["training"]["device"] == "cpu"
+    assert saved["config"]["policy"]["down_dims"] == [16, 32, 64]
+
+
+def test_wandb_offline_run_logs_metrics_and_videos_without_an_account(tmp_path, pusht_zarr, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=1", "logging.mode=offline"),
+                      tmp_path).run()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    history = list(runs[0].glob("*.wandb"))
+    assert history and history[0].stat().st_size > 0
+    assert list(runs[0].rglob("*.mp4"))  # the rollout video was handed to wandb
