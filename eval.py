@@ -31,6 +31,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n_workers", type=int, default=None, help="env processes (default one per env; 0 = in-process)")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the checkpoint's")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the checkpoint's")
+    parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (default: the checkpoint's)")
     parser.add_argument("--n_test_videos", type=int, default=4)
     parser.add_argument("--n_train_videos", type=int, default=2)
     parser.add_argument("--seed", type=int, default=42, help="seed of the diffusion sampling noise")
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> dict:
     from policy.executor import torch_predictor
 
     policy = load_policy(args.checkpoint, device=args.device)
-    if args.num_inference_steps is not None or args.sampler is not None:
-        policy.set_num_inference_steps(args.num_inference_steps or policy.config.num_inference_steps, args.sampler)
+    changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
+               "n_action_steps": args.n_action_steps}
+    policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
     obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"
     runner_config = RunnerConfig(obs_type=obs_type, n_test=args.n_test, test_start_seed=args.test_start_seed,
                                  n_train=args.n_train, train_start_seed=args.train_start_seed, n_envs=args.n_envs,
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         "checkpoint": str(args.checkpoint),
         "sampler": policy.config.sampler,
         "num_inference_steps": policy.config.num_inference_steps,
+        "n_action_steps": policy.config.n_action_steps,
         "runner": asdict(runner_config),
         "wall_seconds": time.monotonic() - started,
         "episodes": [asdict(e) for e in result.episodes],

@@ -142,7 +142,8 @@ def main() -> None:
             train = train_step_seconds(config, args.batch_size, args.repeats)
             print(f"sweep: {label:<55} {encoder:>6.2f} {unet:>7.2f} {train:>13.3f} {'-':>9}", flush=True)
         if args.data:
-            print(f"data: PushTImageDataset.batch({args.batch_size}) {data_seconds(args.batch_size, args.repeats):.3f} s")
+            seconds = data_seconds(args.batch_size, args.repeats)
+            print(f"data: PushTImageDataset.batch({args.batch_size}) {seconds:.3f} s")
 
 
 if __name__ == "__main__":

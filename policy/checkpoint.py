@@ -55,6 +55,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
+def export_for_inference(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """A small copy of a training checkpoint for deployment: config, policy config, EMA weights and
+    metrics (no raw weights, optimizer, LR schedule or RNG state); ``load_policy`` reads it."""
+    payload = load_checkpoint(source)
+    states = payload["state_dicts"]
+    weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
+    slim = {key: payload[key] for key in ("config", "policy_config") if key in payload}
+    slim["state_dicts"] = {"model": weights}
+    slim["metrics"] = payload.get("metrics", {})
+    slim["exported_from"] = str(source)
+    return save_checkpoint(slim, destination)
+
+
 def build_policy(policy_config: dict) -> DiffusionUnetPolicy:
     return DiffusionUnetPolicy(DiffusionPolicyConfig.from_dict(policy_config))
 

@@ -96,12 +96,10 @@ class DiffusionUnetPolicy(nn.Module):
             n_groups=config.n_groups,
             diffusion_step_embed_dim=config.diffusion_step_embed_dim,
         )
-        scheduler_args = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
-                              clip_sample=config.clip_sample, prediction_type=config.prediction_type)
-        self.noise_scheduler = DDPMScheduler(variance_type="fixed_small", **scheduler_args)
-        self.inference_scheduler = (DDPMScheduler(variance_type="fixed_small", **scheduler_args)
-                                    if config.sampler == "ddpm" else DDIMScheduler(**scheduler_args))
-        self.inference_scheduler.set_timesteps(config.num_inference_steps)
+        self.noise_scheduler = DDPMScheduler(
+            num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+            variance_type="fixed_small", clip_sample=config.clip_sample, prediction_type=config.prediction_type)
+        self.inference_scheduler = self._make_inference_scheduler()
 
     @property
     def device(self) -> torch.device:
@@ -110,17 +108,23 @@ class DiffusionUnetPolicy(nn.Module):
     def reset(self) -> None:
         """Policies here are stateless between calls; the executor keeps the history."""
 
-    def set_num_inference_steps(self, steps: int, sampler: str | None = None) -> None:
-        """Change the sampling chain (e.g. DDIM-10 for fast control) without retraining."""
-        values = self.config.to_dict() | {"num_inference_steps": steps, "sampler": sampler or self.config.sampler}
-        self.config = DiffusionPolicyConfig.from_dict(values)
-        scheduler_args = dict(self.noise_scheduler.config)
-        if self.config.sampler == "ddim":
-            self.inference_scheduler = DDIMScheduler(**{k: scheduler_args[k] for k in (
-                "num_train_timesteps", "beta_schedule", "clip_sample", "prediction_type")})
-        else:
-            self.inference_scheduler = DDPMScheduler.from_dict(scheduler_args)
-        self.inference_scheduler.set_timesteps(steps)
+    def reconfigure(self, **changes) -> None:
+        """Change inference-time settings without retraining: ``sampler``, ``num_inference_steps``
+        (e.g. DDIM-10 for fast control) or ``n_action_steps`` (how many actions to execute per chunk)."""
+        allowed = {"sampler", "num_inference_steps", "n_action_steps"}
+        if not set(changes) <= allowed:
+            raise ValueError(f"only {sorted(allowed)} can change after training, got {sorted(changes)}")
+        self.config = DiffusionPolicyConfig.from_dict(self.config.to_dict() | changes)
+        self.inference_scheduler = self._make_inference_scheduler()
+
+    def _make_inference_scheduler(self):
+        config = self.config
+        scheduler_args = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
+                              clip_sample=config.clip_sample, prediction_type=config.prediction_type)
+        scheduler = (DDPMScheduler(variance_type="fixed_small", **scheduler_args) if config.sampler == "ddpm"
+                     else DDIMScheduler(**scheduler_args))
+        scheduler.set_timesteps(config.num_inference_steps)
+        return scheduler
 
     # --- conditioning ------------------------------------------------------------------
     def _global_condition(self, normalized_obs) -> torch.Tensor:

@@ -105,7 +105,8 @@ class ScaledResNet18Trunk(nn.Sequential):
         stages, channels = [], width
         for index, stage_width in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if index == 0 else 2
-            stages.append(nn.Sequential(BasicBlock(channels, stage_width, stride), BasicBlock(stage_width, stage_width)))
+            blocks = [BasicBlock(channels, stage_width, stride), BasicBlock(stage_width, stage_width)]
+            stages.append(nn.Sequential(*blocks))
             channels = stage_width
         super().__init__()
         self.add_module("conv1", nn.Conv2d(in_channels, width, 7, 2, 3, bias=False))

@@ -94,10 +94,13 @@ def test_normalizer_travels_in_the_state_dict():
                                trained.normalizer.normalize({"obs": x})["obs"])
 
 
-def test_set_num_inference_steps_switches_sampler():
+def test_reconfigure_inference_settings():
     policy = tiny_policy()
-    policy.set_num_inference_steps(20, "ddpm")
+    policy.reconfigure(num_inference_steps=20, sampler="ddpm", n_action_steps=4)
     assert policy.config.sampler == "ddpm" and len(policy.inference_scheduler.timesteps) == 20
+    assert policy.predict_action({"obs": torch.rand(1, 2, 20)})["action"].shape == (1, 4, 2)
+    with pytest.raises(ValueError, match="can change after training"):
+        policy.reconfigure(horizon=32)
 
 
 def test_observation_history_repeats_first_then_rolls():

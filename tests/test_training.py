@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policy.checkpoint import CheckpointError, load_checkpoint, load_policy, save_checkpoint
+from policy.checkpoint import CheckpointError, export_for_inference, load_checkpoint, load_policy, save_checkpoint
 from training.config import validate_config
 from training.workspace import TrainingWorkspace, warmup_cosine
 
@@ -62,6 +62,11 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
 
     policy = load_policy(straight / "checkpoints" / "latest.ckpt")
     assert not policy.training and policy.config.num_inference_steps == 3
+    slim = export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "slim.ckpt")
+    assert slim.stat().st_size < (straight / "checkpoints" / "latest.ckpt").stat().st_size / 2
+    exported = load_policy(slim)
+    for key, value in policy.state_dict().items():
+        torch.testing.assert_close(exported.state_dict()[key], value, rtol=0, atol=0)
 
     from eval import main as eval_main
 

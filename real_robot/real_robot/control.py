@@ -1,0 +1,151 @@
+"""ROS-free parts of the policy node: the latency-compensated action schedule, the safety
+clamps and parameter coercion. Kept apart from rclpy so they are unit-testable anywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+
+@dataclass
+class PlannedAction:
+    time: float                       # scheduled execution time (seconds, node clock)
+    pixels: np.ndarray                # (2,) policy-frame target
+    joints: Optional[np.ndarray] = None
+
+
+@dataclass
+class ChunkReport:
+    n_actions: int
+    n_dropped: int                    # already due when the chunk arrived
+    handed_over_on_time: Optional[bool]  # None for the first chunk after a (re)start
+    all_stale: bool
+
+
+@dataclass
+class ActionSchedule:
+    """Diffusion Policy's receding horizon with latency compensation.
+
+    Action i of a chunk predicted from the observation taken at ``t_obs`` is due at
+    ``t_obs + i * dt``. Actions due before ``now + margin`` are dropped; when all are, only the
+    last one is kept, moved to the next control slot. A new chunk replaces the pending part of
+    the old plan from its first action on.
+    """
+
+    dt: float
+    margin: float = 0.01
+    plan: List[PlannedAction] = field(default_factory=list)
+
+    def clear(self) -> None:
+        self.plan.clear()
+
+    def pending(self, now: float) -> List[PlannedAction]:
+        return [p for p in self.plan if p.time > now + self.margin]
+
+    def prune(self, now: float) -> None:
+        """Forget actions whose time has passed (keeps the most recent one as 'last commanded')."""
+        past = [i for i, p in enumerate(self.plan) if p.time <= now]
+        if len(past) > 1:
+            del self.plan[:past[-1]]
+
+    def end_time(self) -> Optional[float]:
+        return self.plan[-1].time if self.plan else None
+
+    def last_before(self, time: float) -> Optional[PlannedAction]:
+        earlier = [p for p in self.plan if p.time < time]
+        return earlier[-1] if earlier else None
+
+    def schedule(self, actions: np.ndarray, t_obs: float, now: float) -> Tuple[List[PlannedAction], ChunkReport]:
+        """Timed, not yet clamped actions of a new chunk (see ``commit``)."""
+        actions = np.asarray(actions, dtype=np.float64)
+        times = t_obs + np.arange(len(actions)) * self.dt
+        fresh = times > now + self.margin
+        all_stale = not fresh.any()
+        if all_stale:
+            # Everything is late: execute only the last action, at the next control slot.
+            next_slot = t_obs + math.floor((now + self.margin - t_obs) / self.dt + 1) * self.dt
+            timed = [PlannedAction(float(next_slot), actions[-1].copy())]
+        else:
+            timed = [PlannedAction(float(t), a.copy()) for t, a in zip(times[fresh], actions[fresh])]
+        old_pending = self.pending(now)
+        on_time = None
+        if self.plan:
+            old_end = old_pending[-1].time if old_pending else None
+            on_time = old_end is not None and timed[0].time <= old_end + self.dt + 1e-6
+        report = ChunkReport(len(actions), int((~fresh).sum()) - (1 if all_stale else 0), on_time, all_stale)
+        return timed, report
+
+    def commit(self, timed: List[PlannedAction]) -> None:
+        if not timed:
+            return
+        start = timed[0].time
+        self.plan = [p for p in self.plan if p.time < start - 1e-9] + list(timed)
+
+    def needs_replan(self, now: float, latency: float, margin_steps: int) -> bool:
+        """Start the next inference when what is left of the plan covers only the expected
+        inference latency plus ``margin_steps`` control periods (n_a - ceil(L/dt) steps in)."""
+        remaining = len(self.pending(now))
+        return remaining <= math.ceil(latency / self.dt) + margin_steps
+
+
+def clamp_actions(actions: np.ndarray, start: Optional[np.ndarray], low: np.ndarray, high: np.ndarray,
+                  max_step: float) -> Tuple[np.ndarray, int]:
+    """Clip to the workspace box, then limit each step (from ``start``, then from the previous
+    action) to ``max_step`` in Euclidean norm. Returns the clamped actions and how many changed."""
+    actions = np.asarray(actions, dtype=np.float64)
+    out = np.clip(actions, low, high)
+    changed = np.any(out != actions, axis=-1)
+    previous = None if start is None else np.clip(np.asarray(start, dtype=np.float64), low, high)
+    for i in range(len(out)):
+        if previous is not None and math.isfinite(max_step):
+            step = out[i] - previous
+            norm = float(np.linalg.norm(step))
+            if norm > max_step:
+                out[i] = previous + step * (max_step / norm)
+                changed[i] = True
+        previous = out[i]
+    return out, int(changed.sum())
+
+
+def coerce(name: str, value, kind: str):
+    """Coerce a parameter value to ``kind`` ('float', 'int', 'bool', 'str', 'float_list',
+    'str_list'), accepting an INTEGER where a DOUBLE is expected. Raises ValueError naming it."""
+    try:
+        if kind == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(value)
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            raise TypeError
+        if kind == "str":
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if kind == "float_list":
+            return [coerce(name, v, "float") for v in list(value)]
+        if kind == "str_list":
+            return [coerce(name, v, "str") for v in list(value)]
+    except (TypeError, ValueError):
+        raise ValueError(f"parameter {name!r} must be {kind.replace('_', ' ')}, got {value!r}") from None
+    raise ValueError(f"unknown parameter kind {kind!r}")
+
+
+def joint_speed_ok(previous: Optional[np.ndarray], joints: np.ndarray, seconds: float, limit: float) -> bool:
+    if previous is None or seconds <= 0:
+        return True
+    return float(np.abs(np.asarray(joints) - np.asarray(previous)).max()) / seconds <= limit
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")

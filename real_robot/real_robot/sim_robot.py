@@ -1,0 +1,189 @@
+"""``sim_robot``: the Push-T simulation behind the same topics as the real setup.
+
+Every control period it executes the command due now, steps ``envs.pusht_env.PushTEnv`` and
+publishes the agent pose (``agent_pose``, PoseStamped, table frame), the block pose
+(``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), UR joint states
+(``joint_states``, IK of the tool over the agent), an optional camera image (``image``, rgb8)
+and ``~/score`` (Float64MultiArray: step, reward, max reward, coverage, done).
+
+Commands: ``command_pose`` (PoseStamped; executed at its header stamp, 0 = now) and
+``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start, a new
+message replaces the old trajectory, as a JointTrajectoryController does; FK → pixels).
+"""
+from __future__ import annotations
+
+import sys
+import threading
+
+import numpy as np
+
+from real_robot.control import coerce
+from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics, quaternion_from_yaw
+
+PARAMETERS = {
+    "seed": ("int", 100000),
+    "max_steps": ("int", 300),
+    "control_rate_hz": ("float", 10.0),
+    "publish_images": ("bool", False),
+    "image_size": ("int", 96),
+    "pixel_to_table": ("float_list", [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]),
+    "table_height": ("float", 0.15),
+    "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
+    "ur_model": ("str", "ur5e"),
+    "home_joints": ("float_list", [0.0, -1.5708, 1.5708, -1.5708, -1.5708, 0.0]),
+    "frame_id": ("str", "base"),
+    "auto_reset": ("bool", False),
+}
+
+
+class SimRobot:
+    def __init__(self, node_name: str = "sim_robot") -> None:
+        from rcl_interfaces.msg import ParameterDescriptor
+        from rclpy.node import Node
+        from geometry_msgs.msg import PoseStamped
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Float64MultiArray
+        from trajectory_msgs.msg import JointTrajectory
+
+        from envs.pusht_env import PushTEnv
+
+        self.node = node = Node(node_name)
+        p = {}
+        for name, (kind, default) in PARAMETERS.items():
+            node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
+            p[name] = coerce(name, node.get_parameter(name).value, kind)
+        self.p = p
+        self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
+        self.ur = URKinematics(p["ur_model"])
+        self.env = PushTEnv(obs_type="image" if p["publish_images"] else "keypoints", obs_image_size=p["image_size"])
+        self.env.reset(seed=p["seed"])
+        self.lock = threading.Lock()
+        self.points = []            # (execution time, target pixels)
+        self.target = None
+        self.step_count = 0
+        self.max_reward = 0.0
+        self.done = False
+        self.joints = np.asarray(p["home_joints"], dtype=np.float64)
+        self.msgs = dict(PoseStamped=PoseStamped, Image=Image, JointState=JointState, F64=Float64MultiArray)
+        self.pub_agent = node.create_publisher(PoseStamped, "agent_pose", 10)
+        self.pub_block = node.create_publisher(PoseStamped, "block_pose", 10)
+        self.pub_keypoints = node.create_publisher(Float64MultiArray, "block_keypoints", 10)
+        self.pub_joints = node.create_publisher(JointState, "joint_states", 10)
+        self.pub_score = node.create_publisher(Float64MultiArray, "~/score", 10)
+        self.pub_image = node.create_publisher(Image, "image", 5) if p["publish_images"] else None
+        node.create_subscription(PoseStamped, "command_pose", self._on_pose, 10)
+        node.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, 10)
+        self.dt = 1.0 / p["control_rate_hz"]
+        self.timer = node.create_timer(self.dt, self._tick)
+        self._publish(self.now(), self.env.physics.agent_position)
+
+    def now(self) -> float:
+        return self.node.get_clock().now().nanoseconds * 1e-9
+
+    def _on_pose(self, msg) -> None:
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        pixels = self.calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
+        with self.lock:
+            when = stamp if stamp > 0 else self.now()
+            self.points = [pt for pt in self.points if pt[0] < when] + [(when, pixels)]
+
+    def _on_trajectory(self, msg) -> None:
+        received = self.now()
+        names = list(msg.joint_names)
+        new = []
+        for point in msg.points:
+            joints = np.array([point.positions[names.index(n)] for n in UR_JOINT_NAMES])
+            pixels = self.calibration.to_pixels(self.ur.forward(joints)[:2, 3])
+            new.append((received + point.time_from_start.sec + point.time_from_start.nanosec * 1e-9, pixels))
+        with self.lock:
+            self.points = new  # replaces the current trajectory
+
+    def _tick(self) -> None:
+        now = self.now()
+        with self.lock:
+            due = [pt for pt in self.points if pt[0] <= now + self.dt / 2]
+            if due:
+                self.target = due[-1][1]
+                self.points = [pt for pt in self.points if pt[0] > now + self.dt / 2]
+        if self.done or self.target is None:
+            # Before the first command the episode has not started: keep publishing the state.
+            if not self.done:
+                self._publish(self.now(), self.env.physics.agent_position)
+            return
+        action = self.target
+        _, reward, terminated, _, info = self.env.step(np.clip(action, 0, 512))
+        self.step_count += 1
+        self.max_reward = max(self.max_reward, float(reward))
+        self.done = bool(terminated) or self.step_count >= self.p["max_steps"]
+        if self.done and self.p["auto_reset"]:  # endless operation (benchmarks): next seed
+            self.p["seed"] += 1
+            self.env.reset(seed=self.p["seed"])
+            self.step_count, self.max_reward, self.done = 0, 0.0, False
+            info["pos_agent"] = self.env.physics.agent_position
+        self._publish(self.now(), info["pos_agent"], reward, info["coverage"])
+
+    def _publish(self, stamp: float, agent_px, reward: float = 0.0, coverage: float = 0.0) -> None:
+        from envs.geometry import block_keypoints
+
+        sec, nanosec = int(stamp), int((stamp % 1) * 1e9)
+        block = self.env.physics.block_pose
+        agent_pose = self._pose(agent_px, self.p["table_height"], self.calibration.orientation, sec, nanosec)
+        yaw = self.calibration.angle_to_table(block[2])
+        block_pose = self._pose(block[:2], 0.0, quaternion_from_yaw(yaw), sec, nanosec)
+        seed = self.joints
+        joints = self.ur.inverse(self.calibration.tool_pose(agent_px), seed)
+        if joints is not None:
+            self.joints = joints
+        state = self.msgs["JointState"](name=list(UR_JOINT_NAMES), position=[float(v) for v in self.joints])
+        state.header.stamp.sec, state.header.stamp.nanosec = sec, nanosec
+        self.pub_agent.publish(agent_pose)
+        self.pub_block.publish(block_pose)
+        self.pub_keypoints.publish(self.msgs["F64"](data=[float(v) for v in block_keypoints(block).ravel()]))
+        self.pub_joints.publish(state)
+        if self.pub_image is not None:
+            frame = self.env._draw().observation_image()  # (3, H, W) uint8
+            hwc = np.ascontiguousarray(np.asarray(frame).transpose(1, 2, 0), dtype=np.uint8)
+            image = self.msgs["Image"](height=hwc.shape[0], width=hwc.shape[1], encoding="rgb8",
+                                       step=hwc.shape[1] * 3, data=hwc.tobytes())
+            image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
+            self.pub_image.publish(image)
+        self.pub_score.publish(self.msgs["F64"](data=[float(self.step_count), float(reward), self.max_reward,
+                                                     float(coverage), float(self.done)]))
+
+    def _pose(self, pixels, z, quaternion, sec, nanosec):
+        msg = self.msgs["PoseStamped"]()
+        msg.header.frame_id = self.p["frame_id"]
+        msg.header.stamp.sec, msg.header.stamp.nanosec = sec, nanosec
+        xy = self.calibration.to_table(pixels)
+        msg.pose.position.x, msg.pose.position.y, msg.pose.position.z = float(xy[0]), float(xy[1]), float(z)
+        (msg.pose.orientation.x, msg.pose.orientation.y,
+         msg.pose.orientation.z, msg.pose.orientation.w) = (float(v) for v in quaternion)
+        return msg
+
+
+def main(args=None) -> int:
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+    rclpy.init(args=args)
+    try:
+        sim = SimRobot()
+    except Exception as error:
+        print(f"sim_robot: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        rclpy.shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(sim.node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        sim.node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""ROS-free parts of the deployment package: UR5/UR5e IK round trips, calibration, the
+latency-compensated schedule, clamps and parameter coercion."""
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "real_robot"))
+
+from real_robot.control import ActionSchedule, clamp_actions, coerce, joint_speed_ok  # noqa: E402
+from real_robot.kinematics import (  # noqa: E402
+    PlanarCalibration, URKinematics, matrix_to_quaternion, quaternion_to_matrix,
+)
+
+DEFAULT_AFFINE = [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]
+
+
+@pytest.mark.parametrize("model", ["ur5", "ur5e"])
+def test_ur_ik_round_trips_random_reachable_poses(model):
+    kin = URKinematics(model)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        q = rng.uniform(-math.pi, math.pi, 6)
+        pose = kin.forward(q)  # reachable by construction
+        solutions = kin.inverse_all(pose)
+        assert solutions, "a reachable pose must have an IK solution"
+        for solution in solutions:
+            np.testing.assert_allclose(kin.forward(solution), pose, atol=1e-8)
+        # Seeded with the current joints, IK returns exactly the branch we came from ...
+        np.testing.assert_allclose(kin.inverse(pose, q), q, atol=1e-6)
+        # ... and with any seed, the solution nearest to it (max joint distance, 2*pi-unwrapped).
+        seed = q + rng.normal(0, 0.3, 6)
+        chosen = kin.inverse(pose, seed)
+        np.testing.assert_allclose(kin.forward(chosen), pose, atol=1e-8)
+        distances = [np.abs(np.arctan2(np.sin(s - seed), np.cos(s - seed))).max() for s in solutions]
+        assert np.abs(chosen - seed).max() == pytest.approx(min(distances), abs=1e-9)
+
+
+def test_ur_ik_unwraps_to_seed_and_rejects_unreachable():
+    kin = URKinematics("ur5e")
+    q = np.array([0.3, -1.2, 1.4, -1.8, -1.5, 2.9])
+    seed = q.copy()
+    seed[5] += 2 * math.pi  # the robot's wrist is one turn further: keep it there
+    np.testing.assert_allclose(kin.inverse(kin.forward(q), seed), q + [0, 0, 0, 0, 0, 2 * math.pi], atol=1e-6)
+    far = np.eye(4)
+    far[:3, 3] = [2.0, 0.0, 0.3]
+    assert kin.inverse(far, q) is None
+    with pytest.raises(ValueError, match="unknown UR model"):
+        URKinematics("ur99")
+
+
+def test_ur5e_known_forward_kinematics():
+    # All joints zero: flange at x = a2 + a3, y = -(d4 + d6), z = d1 - d5 (standard DH).
+    pose = URKinematics("ur5e").forward(np.zeros(6))
+    np.testing.assert_allclose(pose[:3, 3], [-0.8172, -0.2329, 0.0628], atol=1e-9)
+
+
+def test_calibration_round_trip_and_workspace_reachable_with_continuous_ik():
+    calibration = PlanarCalibration(DEFAULT_AFFINE, 0.15, (1.0, 0.0, 0.0, 0.0))
+    pixels = np.random.default_rng(1).uniform(0, 512, (50, 2))
+    np.testing.assert_allclose(calibration.to_pixels(calibration.to_table(pixels)), pixels, atol=1e-9)
+    for theta in (0.0, 1.0, -2.5):
+        assert calibration.angle_to_pixels(calibration.angle_to_table(theta)) == pytest.approx(theta)
+    kin = URKinematics("ur5e")
+    seed = np.array([0.0, -1.5708, 1.5708, -1.5708, -1.5708, 0.0])
+    for u in np.linspace(0, 512, 9):  # a raster over the whole Push-T workspace
+        for v in np.linspace(0, 512, 9):
+            pose = calibration.tool_pose(np.array([u, v]))
+            q = kin.inverse(pose, seed)
+            assert q is not None, (u, v)
+            np.testing.assert_allclose(kin.forward(q), pose, atol=1e-8)
+            seed = q
+    with pytest.raises(ValueError, match="singular"):
+        PlanarCalibration([0, 0, 0, 0, 0, 0], 0.1)
+    with pytest.raises(ValueError, match="6 finite numbers"):
+        PlanarCalibration([1, 0, 0], 0.1)
+
+
+def test_quaternion_round_trip():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        q = rng.normal(size=4)
+        q /= np.linalg.norm(q)
+        q = q if q[3] >= 0 else -q
+        np.testing.assert_allclose(matrix_to_quaternion(quaternion_to_matrix(q)), q, atol=1e-9)
+
+
+def test_schedule_drops_due_actions_and_hands_over_without_gap():
+    dt = 0.1
+    schedule = ActionSchedule(dt, margin=0.01)
+    chunk = np.arange(16, dtype=float).reshape(8, 2)
+    # Inference took 0.23 s after the observation at t=10: actions 0..2 are due -> dropped.
+    timed, report = schedule.schedule(chunk, t_obs=10.0, now=10.23)
+    assert report.n_dropped == 3 and report.handed_over_on_time is None and not report.all_stale
+    assert [p.time for p in timed] == pytest.approx([10.3, 10.4, 10.5, 10.6, 10.7])
+    schedule.commit(timed)
+    # Remaining after t=10.45: 10.5, 10.6, 10.7 -> replan once what is left covers L + 1 step.
+    assert not schedule.needs_replan(10.35, latency=0.05, margin_steps=1)
+    assert schedule.needs_replan(10.55, latency=0.05, margin_steps=1)
+    timed, report = schedule.schedule(chunk + 100, t_obs=10.5, now=10.58)
+    assert report.handed_over_on_time and timed[0].time == pytest.approx(10.6)
+    schedule.commit(timed)
+    times = [p.time for p in schedule.plan]
+    assert times == sorted(times) and np.allclose(np.diff(times), dt)
+    assert schedule.plan[times.index(pytest.approx(10.6))].pixels[0] == 102  # the new chunk replaced the old
+
+
+def test_schedule_all_stale_keeps_last_action_at_next_slot():
+    schedule = ActionSchedule(0.1, margin=0.01)
+    chunk = np.arange(8, dtype=float)[:, None].repeat(2, 1)
+    timed, report = schedule.schedule(chunk, t_obs=5.0, now=6.03)
+    assert report.all_stale and len(timed) == 1 and timed[0].pixels[0] == 7
+    assert timed[0].time == pytest.approx(6.1)
+
+
+def test_schedule_late_handover_is_reported():
+    schedule = ActionSchedule(0.1)
+    schedule.commit(schedule.schedule(np.zeros((3, 2)), t_obs=0.0, now=0.05)[0])  # plan ends at 0.2
+    _, report = schedule.schedule(np.zeros((8, 2)), t_obs=0.35, now=0.36)  # starts at 0.45: a gap
+    assert report.handed_over_on_time is False
+
+
+def test_clamps():
+    low, high = np.array([10.0, 10.0]), np.array([500.0, 500.0])
+    actions = np.array([[0.0, 0.0], [600.0, 20.0], [600.0, 20.0]])
+    out, n = clamp_actions(actions, start=np.array([10.0, 10.0]), low=low, high=high, max_step=50.0)
+    assert np.all(out >= low) and np.all(out <= high) and n == 3
+    steps = np.linalg.norm(np.diff(np.vstack([[10.0, 10.0], out]), axis=0), axis=1)
+    assert np.all(steps <= 50.0 + 1e-9)
+    assert joint_speed_ok(np.zeros(6), np.full(6, 0.1), 0.1, 1.5)
+    assert not joint_speed_ok(np.zeros(6), np.full(6, 0.2), 0.1, 1.5)
+
+
+def test_parameter_coercion_accepts_integer_for_double():
+    assert coerce("rate", 10, "float") == 10.0 and isinstance(coerce("rate", 10, "float"), float)
+    assert coerce("v", [1, 2.5], "float_list") == [1.0, 2.5]
+    assert coerce("n", 3.0, "int") == 3
+    assert coerce("flag", "true", "bool") is True
+    for name, value, kind in (("rate", "fast", "float"), ("rate", True, "float"), ("n", 2.5, "int"),
+                              ("flag", 1, "bool"), ("topic", 5, "str")):
+        with pytest.raises(ValueError, match=name):
+            coerce(name, value, kind)

@@ -1,0 +1,347 @@
+"""The ROS 2 package end to end: colcon build, the installed executables started with the
+command line launch_ros generates, a fake controller checking the JointTrajectory stream,
+safety (disabled by default, stale-observation hold, e-stop, bad checkpoint), and the closed
+loop policy node + sim robot over DDS against the in-process evaluation.
+
+Every process runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST on a private domain id.
+"""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable (pip install ros-kilted-rclpy ...; see real_robot/README.md)")
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "real_robot"
+os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(20, 100))
+DT = 0.1
+
+
+@pytest.fixture(scope="module")
+def install(tmp_path_factory):
+    """``colcon build`` of real_robot into a temporary folder; returns the install prefix."""
+    colcon = shutil.which("colcon", path=str(Path(sys.executable).parent)) or shutil.which("colcon")
+    if colcon is None:
+        pytest.skip("colcon not installed (pip install colcon-common-extensions catkin-pkg)")
+    root = tmp_path_factory.mktemp("colcon")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    result = subprocess.run([colcon, "--log-base", str(root / "log"), "build", "--base-paths", str(PACKAGE),
+                             "--build-base", str(root / "build"), "--install-base", str(root / "install")],
+                            cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return root / "install" / "real_robot"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, pusht_zarr):
+    """A tiny trained checkpoint (one epoch, as tests/test_training.py trains them)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_training import tiny_config
+    from training.workspace import TrainingWorkspace
+
+    run = tmp_path_factory.mktemp("tiny_run")
+    TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=100",
+                                  "eval.n_test_videos=0"), run).run()
+    return run / "checkpoints" / "latest.ckpt"
+
+
+def node_env(install):
+    site = next((install / "lib").glob("python3*/site-packages"))
+    return dict(os.environ, PYTHONPATH=f"{site}:{REPO}", PYTHONUNBUFFERED="1",
+                ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", OMP_NUM_THREADS="1")
+
+
+def launch_ros_command(install, executable, name, namespace, params_file, remaps=()):
+    """The command line launch_ros builds for a Node(name=, namespace=, parameters=[file], remappings=)."""
+    command = [str(install / "lib" / "real_robot" / executable), "--ros-args", "-r", f"__node:={name}",
+               "-r", f"__ns:={namespace}", "--params-file", str(params_file)]
+    for source, target in remaps:
+        command += ["-r", f"{source}:={target}"]
+    return command
+
+
+def write_params(path, **params):
+    import yaml
+
+    path.write_text(yaml.safe_dump({"/**": {"ros__parameters": params}}))
+    return path
+
+
+class Processes:
+    def __init__(self):
+        self.procs = []
+
+    def start(self, command, env, log):
+        handle = open(log, "w")
+        proc = subprocess.Popen(command, env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self):
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(2)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def processes():
+    started = Processes()
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="module")
+def ros():
+    """An rclpy node for the test side (publishers, fake controller), spun in a thread."""
+    from rclpy.executors import SingleThreadedExecutor
+
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    node = rclpy.create_node("ros_test_probe", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    yield node
+    executor.shutdown()
+    node.destroy_node()
+    rclpy.shutdown(context=context)
+
+
+def wait_for(condition, timeout, step=0.02):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(step)
+    return condition()
+
+
+def call(node, srv_type, name, request, timeout=10.0):
+    client = node.create_client(srv_type, name)
+    try:
+        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+        future = client.call_async(request)
+        assert wait_for(future.done, timeout), f"service {name} did not answer"
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def test_colcon_install_tree(install):
+    prefix = install
+    for executable in ("policy_node", "sim_robot"):
+        assert os.access(prefix / "lib" / "real_robot" / executable, os.X_OK)
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "real_robot").is_file()
+    assert (prefix / "share" / "real_robot" / "package.xml").is_file()
+    assert {p.name for p in (prefix / "share" / "real_robot" / "launch").iterdir()} >= {"policy.launch.py", "sim.launch.py"}
+    assert {p.name for p in (prefix / "share" / "real_robot" / "config").iterdir()} >= {"ur.yaml", "franka.yaml", "sim.yaml"}
+    assert list((prefix / "lib").glob("python3*/site-packages/real_robot/policy_node.py"))
+
+
+def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoint):
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    cases = [(dict(checkpoint=str(bad)), "checkpoint error"),
+             (dict(checkpoint=str(tmp_path / "missing.ckpt")), "does not exist"),
+             (dict(checkpoint=str(checkpoint), output_mode="teleport"), "output_mode must be one of"),
+             (dict(checkpoint=str(checkpoint), control_rate_hz="fast"), "control_rate_hz")]
+    for i, (params, message) in enumerate(cases):
+        params_file = write_params(tmp_path / f"bad{i}.yaml", **params)
+        result = subprocess.run(launch_ros_command(install, "policy_node", "policy_node", "/bad", params_file),
+                                env=node_env(install), capture_output=True, text=True, timeout=120)
+        assert result.returncode != 0, result.stderr
+        assert message in result.stderr, result.stderr
+
+
+def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
+    """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
+    Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop."""
+    from geometry_msgs.msg import PoseArray, PoseStamped
+    from std_msgs.msg import Float64MultiArray, String
+    from std_srvs.srv import SetBool, Trigger
+    from trajectory_msgs.msg import JointTrajectory
+
+    from envs.geometry import block_keypoints
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics
+
+    max_joint_velocity = 3.0
+    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), control_rate_hz=10,  # INTEGER on purpose
+                          output_mode="joint_trajectory", agent_source="pose", block_source="keypoints",
+                          max_joint_velocity=max_joint_velocity, inference_timeout_s=1.0, max_step_px=40)
+    command = launch_ros_command(install, "policy_node", "policy", "/robot", params,
+                                 remaps=[("agent_pose", "/fake/tcp_pose"), ("block_keypoints", "/fake/keypoints")])
+    log = tmp_path / "policy.log"
+    proc = processes.start(command, node_env(install), log)
+
+    calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
+    pose_pub = ros.create_publisher(PoseStamped, "/fake/tcp_pose", 10)
+    keypoint_pub = ros.create_publisher(Float64MultiArray, "/fake/keypoints", 10)
+    trajectories, statuses, chunks = [], [], []
+    ros.create_subscription(JointTrajectory, "/scaled_joint_trajectory_controller/joint_trajectory",
+                            lambda m: trajectories.append((time.monotonic(), m)), 50)
+    ros.create_subscription(String, "/robot/policy/status", lambda m: statuses.append(json.loads(m.data)), 50)
+    ros.create_subscription(PoseArray, "/robot/policy/predicted_chunk", lambda m: chunks.append(m), 50)
+
+    publishing = threading.Event()
+    publishing.set()
+    last_obs = [0.0]
+    stop = threading.Event()
+
+    def observe():
+        agent = np.array([200.0, 300.0])
+        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
+        while not stop.is_set():
+            if publishing.is_set():
+                msg = PoseStamped()
+                msg.header.stamp = ros.get_clock().now().to_msg()
+                msg.pose.position.x, msg.pose.position.y = (float(v) for v in calibration.to_table(agent))
+                msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
+                pose_pub.publish(msg)
+                keypoint_pub.publish(Float64MultiArray(data=keypoints))
+                last_obs[0] = time.monotonic()
+            time.sleep(DT)
+
+    observer = threading.Thread(target=observe, daemon=True)
+    observer.start()
+    try:
+        # 1. Disabled by default: dry run computes and shows chunks but commands nothing.
+        assert wait_for(lambda: any(s["state"] == "dry_run" for s in statuses) and chunks, 60), \
+            (proc.poll(), log.read_text()[-3000:])
+        time.sleep(1.0)
+        assert not trajectories and not statuses[-1]["enabled"]
+        assert len(chunks[-1].poses) == 8
+
+        # 2. Enabled: a 10 Hz JointTrajectory stream a JointTrajectoryController accepts.
+        assert call(ros, SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
+        t_enable = time.monotonic()
+        time.sleep(3.0)
+        stream = [(t, m) for t, m in trajectories if t > t_enable + 0.3]
+        assert len(stream) >= 20, len(stream)
+        periods = np.diff([t for t, _ in stream])
+        assert 0.08 < np.median(periods) < 0.12, periods
+        kin = URKinematics("ur5e")
+        for _, msg in stream:
+            assert list(msg.joint_names) == list(UR_JOINT_NAMES)
+            assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
+            times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+            assert msg.points and times[0] > 0 and np.all(np.diff(times) > 0), times
+            joints = np.array([p.positions for p in msg.points])
+            assert np.isfinite(joints).all() and np.abs(joints).max() <= 2 * np.pi
+            if len(joints) > 1:
+                assert (np.abs(np.diff(joints, axis=0)).max(axis=1) / np.diff(times)).max() <= max_joint_velocity + 1e-6
+            for q in joints:  # every target lies over the clamped workspace at table height
+                tool = kin.forward(q)
+                assert tool[2, 3] == pytest.approx(0.15, abs=1e-6)
+                pixels = calibration.to_pixels(tool[:2, 3])
+                assert np.all(pixels >= 10 - 1e-6) and np.all(pixels <= 502 + 1e-6)
+
+        # 3. Observations stop: commands stop within 2 dt, one hold (current position) follows.
+        publishing.clear()
+        time.sleep(0.05)
+        t_stop = last_obs[0]
+        time.sleep(1.2)
+        after = [(t - t_stop, m) for t, m in trajectories if t > t_stop]
+        assert after, "no hold command after the observations stopped"
+        *regular, (t_hold, hold) = after
+        assert all(t <= 2 * DT + 0.15 for t, _ in regular), [round(t, 3) for t, _ in after]
+        assert len(hold.points) == 1 and t_hold <= 3 * DT + 0.2, [round(t, 3) for t, _ in after]
+        assert statuses[-1]["state"] == "stale_observation" and statuses[-1]["holds"] >= 1
+
+        # 4. Observations resume: the stream resumes.
+        publishing.set()
+        t_resume = time.monotonic()
+        assert wait_for(lambda: sum(t > t_resume and len(m.points) > 1 for t, m in trajectories) >= 5, 5)
+
+        # 5. E-stop latches: nothing new, re-enable refused until reset; reset leaves it disabled.
+        assert call(ros, Trigger, "/robot/policy/estop", Trigger.Request()).success
+        t_estop = time.monotonic()
+        time.sleep(1.0)
+        late = [m for t, m in trajectories if t > t_estop + 0.05]
+        assert all(len(m.points) == 1 for m in late) and len(late) <= 1
+        assert statuses[-1]["estop"] and statuses[-1]["state"] == "estop"
+        assert not call(ros, SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
+        assert call(ros, Trigger, "/robot/policy/reset_estop", Trigger.Request()).success
+        time.sleep(0.5)
+        assert not statuses[-1]["estop"] and not statuses[-1]["enabled"]
+        n = len(trajectories)
+        time.sleep(0.5)
+        assert len(trajectories) == n
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        stop.set()
+        observer.join()
+
+
+def in_process_score(checkpoint, seed, max_steps):
+    """The same policy evaluated in-process, synchronously (as evaluation/runner.py does)."""
+    from envs.pusht_env import PushTEnv
+    from policy.checkpoint import load_policy
+    from policy.executor import RecedingHorizonExecutor, torch_predictor
+
+    policy = load_policy(checkpoint)
+    env = PushTEnv(obs_type="keypoints")
+    obs, _ = env.reset(seed=seed)
+    executor = RecedingHorizonExecutor(torch_predictor(policy, generator=torch.Generator().manual_seed(seed)),
+                                       policy.config.n_obs_steps, policy.config.n_action_steps)
+    executor.reset({"obs": obs[None].astype(np.float32)})
+    best = 0.0
+    for _ in range(max_steps):
+        obs, reward, terminated, _, _ = env.step(executor.act()[0])
+        executor.history.append({"obs": obs[None].astype(np.float32)})
+        best = max(best, reward)
+        if terminated:
+            break
+    return best, env
+
+
+def test_closed_loop_policy_and_sim_over_dds(install, checkpoint, tmp_path, processes, ros):
+    """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
+    back through FK in the sim) score like the in-process evaluation of the same policy."""
+    from std_msgs.msg import Float64MultiArray
+
+    seeds, max_steps = (100000, 100001), 60
+    scores = {seed: [] for seed in seeds}
+    for seed in seeds:
+        ns = f"/loop{seed}"
+        sim_params = write_params(tmp_path / f"sim{seed}.yaml", seed=seed, max_steps=max_steps, control_rate_hz=10)
+        policy_params = tmp_path / f"policy{seed}.yaml"
+        import yaml
+
+        preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
+        write_params(policy_params, **{**preset, "checkpoint": str(checkpoint), "enabled": True, "seed": seed})
+        processes.start(launch_ros_command(install, "sim_robot", "sim_robot", ns, sim_params), node_env(install),
+                        tmp_path / f"sim{seed}.log")
+        processes.start(launch_ros_command(install, "policy_node", "policy_node", ns, policy_params),
+                        node_env(install), tmp_path / f"policy{seed}.log")
+        ros.create_subscription(Float64MultiArray, f"{ns}/sim_robot/score",
+                                lambda m, seed=seed: scores[seed].append(list(m.data)), 10)
+    done = wait_for(lambda: all(s and s[-1][4] == 1.0 for s in scores.values()), 90)
+    logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+    assert done, ({seed: s[-1:] for seed, s in scores.items()}, logs)
+    ros_scores = np.array([scores[seed][-1][2] for seed in seeds])
+    local_scores = np.array([in_process_score(checkpoint, seed, max_steps)[0] for seed in seeds])
+    print("closed loop over DDS:", ros_scores, "in-process:", local_scores)
+    assert np.all((0 <= ros_scores) & (ros_scores <= 1))
+    # Latency compensation and asynchronous clocks make the runs differ step by step; the
+    # mean over the seeds must still agree.
+    assert abs(ros_scores.mean() - local_scores.mean()) <= 0.25, (ros_scores, local_scores)
