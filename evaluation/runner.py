@@ -2,7 +2,7 @@
 
 Protocol (Chi et al. 2023): 50 test episodes seeded 100000…100049 and 6 "train" episodes seeded
 0…5, 300 steps each, legacy resets, receding-horizon execution. Per episode the score is the max
-over steps of clip(coverage / 0.95, 0, 1); ``test/mean_score`` is its mean over test episodes and
+over steps (the reset state excluded, as in the reference) of clip(coverage / 0.95, 0, 1); ``test/mean_score`` is its mean over test episodes and
 ``test/success_rate`` the fraction of episodes that reached coverage > 0.95.
 Episodes run in waves of ``n_envs`` lockstep envs; an episode whose env worker crashes or hangs
 is re-run in a later wave and reported under ``failures``.
@@ -107,58 +107,54 @@ class PushTRunner:
         return result
 
     def _run_wave(self, pool, wave, predict, want_video, video_dir, result):
-        slots = list(range(len(wave)))
-        failed: list[tuple[tuple[str, int], str]] = []
-        answers, failures = pool.call_all("reset", [seed for _, seed in wave], slots)
-        alive = [s for s in slots if s in answers]
-        failed += [(wave[f.slot], f.reason) for f in failures]
-        if not alive:
-            return [], failed
-        observations = {s: answers[s][0] for s in alive}
-        coverage = {s: [answers[s][1]["coverage"]] for s in alive}
-        frames = {s: [] for s in alive if wave[s] in want_video}
-        self._record_frames(pool, frames, alive, failed, wave)
+        """Run the episodes of one wave in lockstep; returns (finished slots, [(episode, reason)])."""
+        failed: dict[int, str] = {}  # slot -> reason; a failed slot leaves the wave at once
+
+        def call(command, arguments, slots):
+            answers, failures = pool.call_all(command, arguments, slots)
+            failed.update({f.slot: f.reason for f in failures if f.slot not in failed})
+            return answers
+
+        answers = call("reset", [seed for _, seed in wave], list(range(len(wave))))
+        active = sorted(answers)
+        observations = {s: answers[s][0] for s in active}
+        coverage: dict[int, list[float]] = {s: [] for s in active}  # per step, as the reference scores
+        frames = {s: [] for s in active if wave[s] in want_video}
+        self._record_frames(call, frames, active)
+        active = [s for s in active if s not in failed]
         executor = RecedingHorizonExecutor(predict, self.n_obs_steps, self.n_action_steps)
-        executor.reset(stack_observations([observations[s] for s in alive]))
-        active = list(alive)
+        if active:
+            executor.reset(stack_observations([observations[s] for s in active]))
         for step in range(self.config.max_steps):
+            if not active:
+                break
             batch_obs = None if step == 0 else stack_observations([observations[s] for s in active])
-            actions = executor.act(batch_obs)
-            answers, failures = pool.call_all("step", list(actions), active)
-            failed += [(wave[f.slot], f.reason) for f in failures]
-            keep = [i for i, s in enumerate(active) if s in answers]
-            still_running = []
-            for s in [active[i] for i in keep]:
-                obs, _, terminated, _, info = answers[s]
+            actions = dict(zip(active, executor.act(batch_obs)))
+            answers = call("step", [actions[s] for s in active], active)
+            for s, (obs, _, terminated, _, info) in answers.items():
                 observations[s] = obs
                 coverage[s].append(info["coverage"])
-                if not terminated:
-                    still_running.append(s)
-            self._record_frames(pool, frames, [active[i] for i in keep], failed, wave)
+            self._record_frames(call, frames, list(answers))
+            still_running = [s for s in active if s in answers and s not in failed and not answers[s][2]]
             if len(still_running) != len(active):
                 executor.select([i for i, s in enumerate(active) if s in still_running])
                 active = still_running
-            if not active:
-                break
-        failed_slots = {wave.index(ep) for ep, _ in failed if ep in wave}
-        finished = [s for s in alive if s not in failed_slots]
+        finished = [s for s in coverage if s not in failed]
         for s in finished:
             split, seed = wave[s]
-            rewards = np.clip(np.asarray(coverage[s]) / 0.95, 0.0, 1.0)
+            covered = np.asarray(coverage[s] or [0.0])
             result.episodes.append(EpisodeResult(
-                split=split, seed=seed, max_reward=float(rewards.max()), max_coverage=float(max(coverage[s])),
-                success=bool(max(coverage[s]) > 0.95), steps=len(coverage[s]) - 1, final_coverage=float(coverage[s][-1])))
-            if s in frames and frames[s]:
+                split=split, seed=seed, max_reward=float(np.clip(covered / 0.95, 0.0, 1.0).max()),
+                max_coverage=float(covered.max()), success=bool(covered.max() > 0.95), steps=len(coverage[s]),
+                final_coverage=float(covered[-1])))
+            if frames.get(s):
                 path = Path(video_dir) / f"{split}_seed{seed}.mp4"
                 result.videos[f"{split}/seed{seed}"] = write_video(path, frames[s])
-        return finished, failed
+        return finished, [(wave[s], reason) for s, reason in failed.items()]
 
     @staticmethod
-    def _record_frames(pool, frames, slots, failed, wave) -> None:
+    def _record_frames(call, frames, slots) -> None:
         wanted = [s for s in slots if s in frames]
-        if not wanted:
-            return
-        answers, failures = pool.call_all("render", [None] * len(wanted), wanted)
-        failed += [(wave[f.slot], f.reason) for f in failures]
-        for s, frame in answers.items():
-            frames[s].append(frame)
+        if wanted:
+            for s, frame in call("render", [None] * len(wanted), wanted).items():
+                frames[s].append(frame)

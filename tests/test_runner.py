@@ -88,3 +88,25 @@ def test_runner_reruns_episode_after_worker_failure(monkeypatch):
     assert sorted(e.seed for e in result.episodes) == [100000, 100001]
     assert len(result.failures) == 1 and result.failures[0]["seed"] == 100001
     assert result.metrics()["env_failures"] == 1
+
+
+def test_render_failure_reruns_the_episode_once(monkeypatch, tmp_path):
+    config = RunnerConfig(n_test=2, n_train=0, n_envs=2, n_workers=0, max_steps=6, n_test_videos=2)
+    original = WorkerEnvPool.call_all
+    state = {"renders": 0}
+
+    def call_all(self, command, arguments, slots):
+        if command == "render":
+            state["renders"] += 1
+            if state["renders"] == 3:  # one failing render for the first slot, mid-episode
+                from evaluation.vector_env import WorkerFailure
+
+                answers, failures = original(self, command, arguments[1:], slots[1:])
+                self._start(slots[0])
+                return answers, failures + [WorkerFailure(slots[0], "render failed")]
+        return original(self, command, arguments, slots)
+
+    monkeypatch.setattr(WorkerEnvPool, "call_all", call_all)
+    result = PushTRunner(config, 2, 8).run(hold_still, video_dir=tmp_path, progress=False)
+    assert sorted(e.seed for e in result.episodes) == [100000, 100001]
+    assert [f["seed"] for f in result.failures] == [100000]

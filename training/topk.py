@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from policy.checkpoint import save_checkpoint
-
 
 class TopKCheckpoints:
     """Files ``epoch=EEEE-<monitor>=S.SSS.ckpt``; a new one is written only if it enters the top k."""
@@ -13,19 +11,14 @@ class TopKCheckpoints:
         self.directory, self.k, self.monitor = Path(directory), k, monitor
         self.entries: list[tuple[float, str]] = []  # (score, file name), best first
 
-    def offer(self, payload: dict, score: float, epoch: int) -> Path | None:
+    def admit(self, score: float, epoch: int) -> tuple[Path | None, list[Path]]:
+        """Record ``score``; returns the path to write if it enters the top k, and the files it evicts."""
         if self.k <= 0 or (len(self.entries) >= self.k and score <= self.entries[-1][0]):
-            return None
+            return None, []
         name = f"epoch={epoch:04d}-{self.monitor}={score:.3f}.ckpt"
-        path = save_checkpoint(payload, self.directory / name)
-        self.entries = sorted(self.entries + [(score, name)], key=lambda entry: -entry[0])
-        for _, dropped in self.entries[self.k:]:
-            (self.directory / dropped).unlink(missing_ok=True)
-        self.entries = self.entries[:self.k]
-        return path
-
-    def best(self) -> Path | None:
-        return self.directory / self.entries[0][1] if self.entries else None
+        ranked = sorted(self.entries + [(score, name)], key=lambda entry: -entry[0])
+        self.entries = ranked[:self.k]
+        return self.directory / name, [self.directory / dropped for _, dropped in ranked[self.k:]]
 
     def state(self) -> list[list]:
         return [[score, name] for score, name in self.entries]

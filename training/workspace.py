@@ -99,6 +99,7 @@ class TrainingWorkspace:
                 "epoch": self.epoch, "global_step": self.global_step,
                 "ema_step": self.ema.optimization_step, "ema_decay": self.ema.decay,
                 "torch_rng": torch.get_rng_state(), "loader_rng": self.loader_generator.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "topk": self.topk.state(),
             },
             "metrics": metrics,
@@ -123,6 +124,8 @@ class TrainingWorkspace:
         self.lr_scheduler.load_state_dict(states["lr_scheduler"])
         self.epoch, self.global_step = position["epoch"], position["global_step"]
         torch.set_rng_state(position["torch_rng"])
+        if self.device.type == "cuda" and position.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(position["cuda_rng"])
         self.loader_generator.set_state(position["loader_rng"])
         self.topk.load_state(position["topk"])
         print(f"resumed {path} at epoch {self.epoch}, step {self.global_step}")
@@ -131,7 +134,8 @@ class TrainingWorkspace:
     def run(self) -> dict:
         cfg, tc = self.cfg, self.cfg.training
         self.loader_generator = seed_everything(tc.seed)
-        torch.set_num_threads(tc.num_threads) if tc.num_threads else None
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
         dataset, val_dataset = self._build_data()
         self.policy = self._build_policy(dataset.get_normalizer())
         self.ema = EMAModel(self.policy, **cfg.ema)
@@ -184,7 +188,7 @@ class TrainingWorkspace:
 
     @torch.no_grad()
     def _validation_loss(self, val_dataset) -> float:
-        generator = torch.Generator().manual_seed(0)
+        generator = torch.Generator(device=self.device).manual_seed(0)
         losses = [self.ema.averaged_model.compute_loss(batch, generator=generator).item()
                   for batch in make_dataloader(val_dataset, self.cfg.training.batch_size, shuffle=False,
                                                device=self.device)]
@@ -202,8 +206,13 @@ class TrainingWorkspace:
         return metrics
 
     def _save(self, metrics: dict) -> None:
+        """Top-k bookkeeping first, so that ``latest.ckpt`` records the list it belongs to."""
+        score = metrics.get(self.cfg.checkpoint.monitor)
+        admitted, dropped = self.topk.admit(score, self.epoch) if score is not None else (None, [])
         payload = self._payload(metrics)
+        if admitted is not None:
+            save_checkpoint(payload, admitted)
         save_checkpoint(payload, self.checkpoint_dir / "latest.ckpt")
-        if self.cfg.checkpoint.monitor in metrics:
-            self.topk.offer(payload, metrics[self.cfg.checkpoint.monitor], self.epoch)
+        for path in dropped:
+            path.unlink(missing_ok=True)
         (self.output_dir / "latest_metrics.json").write_text(json.dumps(metrics, indent=2))

@@ -51,11 +51,13 @@ class ActionSchedule:
         if len(past) > 1:
             del self.plan[:past[-1]]
 
-    def end_time(self) -> Optional[float]:
-        return self.plan[-1].time if self.plan else None
+    def _kept_before(self, start: float) -> List[PlannedAction]:
+        """Old points a chunk starting at ``start`` keeps: those at least one period earlier, so
+        consecutive points of the merged plan are never closer than dt (speed checks assume dt)."""
+        return [p for p in self.plan if p.time <= start - self.dt + 1e-9]
 
     def last_before(self, time: float) -> Optional[PlannedAction]:
-        earlier = [p for p in self.plan if p.time < time]
+        earlier = self._kept_before(time)
         return earlier[-1] if earlier else None
 
     def schedule(self, actions: np.ndarray, t_obs: float, now: float) -> Tuple[List[PlannedAction], ChunkReport]:
@@ -81,8 +83,7 @@ class ActionSchedule:
     def commit(self, timed: List[PlannedAction]) -> None:
         if not timed:
             return
-        start = timed[0].time
-        self.plan = [p for p in self.plan if p.time < start - 1e-9] + list(timed)
+        self.plan = self._kept_before(timed[0].time) + list(timed)
 
     def needs_replan(self, now: float, latency: float, margin_steps: int) -> bool:
         """Start the next inference when what is left of the plan covers only the expected

@@ -352,10 +352,14 @@ class PolicyNode:
 
             msg = self.msgs["JointTrajectory"]()  # header.stamp 0: start on receipt
             msg.joint_names = list(self.p["joint_names"])
+            # The joint-speed checks gave the first point at least one period from the previous
+            # plan point: never ask the controller to reach it sooner (later points keep spacing).
+            delay = max(0.0, self.dt - (pending[0].time - now))
             for planned in pending:
-                seconds = planned.time - now
+                total_ns = int(round((planned.time - now + delay) * 1e9))
+                seconds, nanoseconds = divmod(total_ns, 1_000_000_000)
                 point = JointTrajectoryPoint(positions=[float(v) for v in planned.joints])
-                point.time_from_start = Duration(sec=int(seconds), nanosec=int(round((seconds % 1) * 1e9)) % 1000000000)
+                point.time_from_start = Duration(sec=seconds, nanosec=nanoseconds)
                 msg.points.append(point)
         elif mode == "pose":
             msg = self._pose_stamped(pending[0].pixels, pending[0].time)
