@@ -386,8 +386,9 @@ class PolicyNode:
         qx, qy, qz, qw = self.calibration.orientation
         pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
 
-    def _hold(self, reason: str) -> None:
-        """Drop the plan and (once) command the current position; nothing new follows."""
+    def _hold(self, reason: str, force: bool = False) -> None:
+        """Drop the plan and (once) command the current position; nothing new follows. ``force``
+        publishes the hold even with ``publish_hold: false`` (disable and e-stop must stop motion)."""
         self.schedule.clear()
         self.generation += 1
         self.inference_in_flight = False
@@ -395,7 +396,7 @@ class PolicyNode:
         self.holding = True
         self.stats["holds"] += 1
         self.node.get_logger().warning(f"holding position: {reason}")
-        if not (self.enabled and self.p["publish_hold"]):
+        if not (self.enabled and (self.p["publish_hold"] or force)):
             return
         mode = self.p["output_mode"]
         agent_px = self.agent_px
@@ -531,11 +532,9 @@ class PolicyNode:
             if request.data and self.estopped:
                 response.success, response.message = False, "e-stop latched; call ~/reset_estop first"
                 return response
+            if self.enabled and not request.data:
+                self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
             self.enabled = bool(request.data)
-            if not self.enabled:
-                self.schedule.clear()
-                self.generation += 1
-                self.inference_in_flight = False
         response.success, response.message = True, "enabled" if self.enabled else "disabled (dry run)"
         self.node.get_logger().info(response.message)
         return response
@@ -543,7 +542,7 @@ class PolicyNode:
     def _on_estop(self, request, response):
         with self.lock:
             if not self.estopped:
-                self._hold("e-stop")
+                self._hold("e-stop", force=True)
             self.estopped = True
             self.enabled = False
             self.state = "estop"
