@@ -40,7 +40,8 @@ class PushTPhysics:
     cached contact state leaks from one episode into the next.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, record_contact_points: bool = True) -> None:
+        self.record_contact_points = record_contact_points  # only drawing needs their geometry
         self.space = pymunk.Space()
         self.space.gravity = (0.0, 0.0)
         self.space.damping = 0.0
@@ -65,6 +66,8 @@ class PushTPhysics:
     def _record_contacts(self, arbiter: pymunk.Arbiter, space: pymunk.Space, data) -> None:
         contact_set = chipmunk.cpArbiterGetContactPointSet(arbiter._arbiter)
         self.contact_points_this_step += contact_set.count
+        if not self.record_contact_points:
+            return
         normal = contact_set.normal
         for i in range(contact_set.count):
             a, b = contact_set.points[i].pointA, contact_set.points[i].pointB

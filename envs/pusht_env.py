@@ -86,7 +86,7 @@ class PushTEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        self.physics = PushTPhysics()
+        self.physics = PushTPhysics(record_contact_points=self.obs_type == "image" or self.render_mode is not None)
         self.latest_action = None
         if options.get("reset_to_state") is not None:
             state = np.asarray(options["reset_to_state"], dtype=np.float64)
