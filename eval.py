@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
                "n_action_steps": args.n_action_steps}
     policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
+    policy.optimize_for_inference()  # identical actions, faster sampling
     obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"
     runner_config = RunnerConfig(obs_type=obs_type, n_test=args.n_test, test_start_seed=args.test_start_seed,
                                  n_train=args.n_train, train_start_seed=args.train_start_seed, n_envs=args.n_envs,

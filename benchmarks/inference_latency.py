@@ -3,7 +3,8 @@
     python benchmarks/inference_latency.py [--calls 50] [--threads 1] [--checkpoint pretrained/pusht_lowdim.ckpt]
 
 Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
-the same network with DDIM-10, and the shipped checkpoint with its own sampler. Each row is the
+the same network with DDIM-10, and the shipped checkpoint with its own sampler, eager and traced
+(``load_policy(..., optimize=True)``). Each row is the
 median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
 """
 from __future__ import annotations
@@ -52,12 +53,13 @@ def main() -> None:
             ("paper config, DDIM-10", random_policy(sampler="ddim", num_inference_steps=10), args.calls)]
     if args.checkpoint.exists():
         shipped = load_policy(args.checkpoint)
-        rows.append((f"shipped {args.checkpoint.name}, {shipped.config.sampler.upper()}-"
-                     f"{shipped.config.num_inference_steps}", shipped, args.calls))
+        name = f"shipped {args.checkpoint.name}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
+        rows.append((name, shipped, args.calls))
+        rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
     print(f"threads={args.threads}")
     print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
     for name, policy, calls in rows:
-        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6
+        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6 or n_params  # traced: as eager
         print(f"{name:<48} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
 
 

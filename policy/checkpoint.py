@@ -73,8 +73,9 @@ def build_policy(policy_config: dict) -> DiffusionUnetPolicy:
 
 
 def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu",
-                use_ema: bool = True) -> DiffusionUnetPolicy:
-    """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``."""
+                use_ema: bool = True, optimize: bool = False) -> DiffusionUnetPolicy:
+    """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``;
+    ``optimize=True`` also traces the U-Net (``DiffusionUnetPolicy.optimize_for_inference``)."""
     payload = load_checkpoint(checkpoint_path, map_location=device)
     policy = build_policy(payload["policy_config"])
     states = payload["state_dicts"]
@@ -83,4 +84,5 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
         policy.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {checkpoint_path} does not match its own policy config: {error}") from error
-    return policy.to(device).eval()
+    policy = policy.to(device).eval()
+    return policy.optimize_for_inference() if optimize else policy

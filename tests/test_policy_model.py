@@ -131,3 +131,13 @@ def test_executor_replans_every_n_action_steps_and_drops_finished_episodes():
     assert [a[0, 0] for a in actions[:9]] == [10, 11, 12, 13, 14, 15, 16, 17, 20]
     executor.select([0, 2])
     assert executor.act({"obs": np.full((2, 20), 12)}).shape == (2, 2)
+
+
+def test_traced_policy_gives_identical_actions_for_any_batch():
+    policy = tiny_policy().eval()
+    for batch in (1, 5):
+        obs = {"obs": torch.rand(batch, 2, 20) * 512}
+        eager = policy.predict_action(obs, generator=torch.Generator().manual_seed(2))["action"]
+        traced = tiny_policy().optimize_for_inference()
+        torch.testing.assert_close(traced.predict_action(obs, generator=torch.Generator().manual_seed(2))["action"],
+                                   eager, rtol=0, atol=1e-6)
