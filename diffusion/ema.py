@@ -9,7 +9,7 @@ class EMAModel:
     """Holds ``averaged_model``, an EMA copy of a module: θ̄ ← δ θ̄ + (1 − δ) θ after every optimiser step.
 
     The decay warms up as δ(k) = 1 − (1 + k/inv_gamma)^(−power), clamped to [min_value, max_value], where
-    k = step − update_after_step counts updates (δ = 0 for k ≤ 0, i.e. a plain copy). Parameters that do not
+    k = step − update_after_step − 1 as in Diffusion Policy (δ = 0 for k ≤ 0, i.e. a plain copy). Parameters that do not
     require grad and BatchNorm parameters are copied, as in Diffusion Policy; all buffers (e.g. BatchNorm
     running statistics) are copied too. GroupNorm has no buffers; its affine parameters are averaged.
     """
@@ -26,8 +26,8 @@ class EMAModel:
         ]
 
     def get_decay(self, optimization_step: int) -> float:
-        """δ(k) = clamp(1 − (1 + k/inv_gamma)^(−power), min_value, max_value), k = step − update_after_step."""
-        k = optimization_step - self.update_after_step
+        """δ(k) = clamp(1 − (1 + k/inv_gamma)^(−power), min_value, max_value), k = step − update_after_step − 1."""
+        k = optimization_step - self.update_after_step - 1
         if k <= 0:
             return 0.0
         return min(max(1 - (1 + k / self.inv_gamma) ** -self.power, self.min_value), self.max_value)

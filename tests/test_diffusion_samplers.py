@@ -138,12 +138,13 @@ def test_drop_conditions_rate():
 
 def test_ema_decay_schedule():
     ema = EMAModel(torch.nn.Linear(2, 2))
-    assert ema.get_decay(0) == 0.0
-    assert ema.get_decay(1) == pytest.approx(1 - 2**-0.75)
-    assert ema.get_decay(10) == pytest.approx(1 - 11**-0.75)
+    # Diffusion Policy's schedule: the first two updates copy, then 1 − (1 + k)^−0.75 with k = step − 1.
+    assert ema.get_decay(0) == 0.0 and ema.get_decay(1) == 0.0
+    assert ema.get_decay(2) == pytest.approx(1 - 2**-0.75)
+    assert ema.get_decay(11) == pytest.approx(1 - 11**-0.75)
     assert ema.get_decay(10**9) == 0.9999
     delayed = EMAModel(torch.nn.Linear(2, 2), update_after_step=5, min_value=0.5)
-    assert delayed.get_decay(5) == 0.0 and delayed.get_decay(6) == pytest.approx(max(0.5, 1 - 2**-0.75))
+    assert delayed.get_decay(6) == 0.0 and delayed.get_decay(7) == pytest.approx(max(0.5, 1 - 2**-0.75))
 
 
 def test_ema_averages_trainable_and_copies_the_rest():
