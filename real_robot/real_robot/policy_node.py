@@ -145,7 +145,7 @@ class PolicyNode:
         if policy is None:
             from policy.checkpoint import load_policy
 
-            policy = load_policy(p["checkpoint"], p["device"])  # CheckpointError propagates to main
+            policy = load_policy(p["checkpoint"], p["device"], optimize=True)  # CheckpointError propagates to main
         self.policy = policy
         cfg = policy.config
         self.n_obs_steps, self.n_action_steps, self.obs_type = cfg.n_obs_steps, cfg.n_action_steps, cfg.obs_type
