@@ -80,8 +80,8 @@ class _PushTWindowDataset(Dataset):
         return self.finalize_batch(self.raw_batch(window_ids), device)
 
     def raw_batch(self, window_ids: np.ndarray) -> dict:
-        """Batched sample in storage dtypes (cheap to send between processes)."""
-        raise NotImplementedError
+        """Batched sample in storage dtypes (cheap to send between processes): (B, T, ...) tensors per key."""
+        return {key: torch.from_numpy(value) for key, value in self.sampler.sample(window_ids).items()}
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """Training-ready batch from ``raw_batch`` output, moved to ``device`` if given."""
@@ -106,10 +106,6 @@ class PushTLowdimDataset(_PushTWindowDataset):
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
                          max_train_episodes)
 
-    def raw_batch(self, window_ids: np.ndarray) -> dict:
-        """``{"obs": (B, T, 20), "action": (B, T, 2)}`` float32 tensors."""
-        return {key: torch.from_numpy(value) for key, value in self.sampler.sample(window_ids).items()}
-
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """``raw`` itself (already float32), moved to ``device`` if given."""
         return raw if device is None else {key: value.to(device) for key, value in raw.items()}
@@ -132,10 +128,6 @@ class PushTImageDataset(_PushTWindowDataset):
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
                          max_train_episodes)
-
-    def raw_batch(self, window_ids: np.ndarray) -> dict:
-        """Batched sample with uint8 images of shape (B, T, 3, 96, 96)."""
-        return {key: torch.from_numpy(value) for key, value in self.sampler.sample(window_ids).items()}
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """Nested float32 batch; images are scaled to [0, 1] in one pass (on ``device`` when given)."""

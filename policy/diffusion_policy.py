@@ -146,22 +146,20 @@ class DiffusionUnetPolicy(nn.Module):
         return self
 
     # --- conditioning ------------------------------------------------------------------
-    def _global_condition(self, normalized_obs) -> torch.Tensor:
-        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): each observation step encoded by the shared encoder."""
+    def _global_condition(self, obs) -> torch.Tensor:
+        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): the first n_obs_steps steps, normalised, each encoded by the
+        shared encoder (only those steps are normalised, not the whole horizon)."""
         steps = self.config.n_obs_steps
-        obs = {k: v[:, :steps] for k, v in normalized_obs.items()}
+        obs = obs if isinstance(obs, dict) else {"obs": obs}
+        obs = self.normalizer.normalize({k: v[:, :steps] for k, v in obs.items()})
         batch = next(iter(obs.values())).shape[0]
         flat = {k: v.reshape(batch * steps, *v.shape[2:]) for k, v in obs.items()}
         return self.obs_encoder(flat).reshape(batch, -1)
 
-    def _normalized_obs(self, obs) -> dict[str, torch.Tensor]:
-        obs = obs if isinstance(obs, dict) else {"obs": obs}
-        return self.normalizer.normalize(obs)
-
     # --- training ----------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_simple over a batch ``{"obs": ..., "action": (B, T, Da)}``."""
-        cond = self._global_condition(self._normalized_obs(batch["obs"]))
+        cond = self._global_condition(batch["obs"])
         actions = self.normalizer["action"].normalize(batch["action"])
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
         steps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],),
@@ -193,7 +191,7 @@ class DiffusionUnetPolicy(nn.Module):
 
         Returns ``{"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}`` in env units.
         """
-        cond = self._global_condition(self._normalized_obs(obs))
+        cond = self._global_condition(obs)
         action_pred = self.normalizer["action"].unnormalize(self.sample_actions(cond, generator))
         start = self.config.n_obs_steps - 1
         return {"action": action_pred[:, start:start + self.config.n_action_steps], "action_pred": action_pred}
