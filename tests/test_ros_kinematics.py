@@ -1,4 +1,4 @@
-"""ROS-free parts of the deployment package: UR5/UR5e IK round trips, calibration, the
+"""ROS-free parts of the deployment package: UR5/UR5e and FR3 IK round trips, calibration, the
 latency-compensated schedule, clamps and parameter coercion."""
 import math
 import sys
@@ -152,3 +152,109 @@ def test_handover_off_the_control_grid_keeps_points_one_period_apart():
     schedule.commit(timed)
     times = [p.time for p in schedule.plan]
     assert times == sorted(times) and min(np.diff(times)) >= 0.1 - 1e-9
+
+
+def test_fr3_forward_kinematics_and_jacobian():
+    from real_robot.kinematics_fr3 import FR3Kinematics, rotation_log
+
+    kin = FR3Kinematics()
+    ready = kin.forward(kin.home)  # the documented "ready" pose: flange 0.307 m ahead, 0.59 m up, pointing down
+    np.testing.assert_allclose(ready[:3, 3], [0.3069, 0.0, 0.5903], atol=1e-4)
+    np.testing.assert_allclose(ready[:3, 2], [0.0, 0.0, -1.0], atol=1e-9)
+    q = np.array(kin.home) + 0.1
+    numeric = np.zeros((6, 7))
+    for i in range(7):
+        step = np.zeros(7)
+        step[i] = 1e-6
+        plus, minus = kin.forward(q + step), kin.forward(q - step)
+        numeric[:3, i] = (plus[:3, 3] - minus[:3, 3]) / 2e-6
+        numeric[3:, i] = rotation_log(plus[:3, :3] @ minus[:3, :3].T) / 2e-6
+    np.testing.assert_allclose(kin.jacobian(q), numeric, atol=1e-8)
+
+
+def test_rotation_log_inverts_rodrigues_including_near_pi():
+    from real_robot.kinematics_fr3 import rotation_log
+
+    rng = np.random.default_rng(0)
+    for angle in (0.0, 1e-8, 0.3, 2.0, math.pi - 1e-6, math.pi):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        skew = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+        rotation = np.eye(3) + math.sin(angle) * skew + (1 - math.cos(angle)) * skew @ skew
+        w = rotation_log(rotation)
+        assert abs(np.linalg.norm(w) - angle) < 1e-6
+        if angle > 1e-6:
+            assert abs(abs(np.dot(w / np.linalg.norm(w), axis)) - 1) < 1e-6
+
+
+def test_fr3_ik_round_trips_within_joint_limits_and_rejects_unreachable():
+    from real_robot.kinematics_fr3 import FR3Kinematics
+
+    kin = FR3Kinematics()
+    rng = np.random.default_rng(1)
+    solved = 0
+    for _ in range(100):
+        q = rng.uniform(kin.lower + 0.2, kin.upper - 0.2)
+        seed = np.clip(q + rng.normal(0.0, 0.15, 7), kin.lower, kin.upper)
+        target = kin.forward(q)
+        joints = kin.inverse(target, seed)
+        if joints is None:
+            continue
+        solved += 1
+        assert np.all(joints >= kin.lower) and np.all(joints <= kin.upper)
+        np.testing.assert_allclose(kin.forward(joints), target, atol=1e-5)
+    assert solved >= 95, solved
+    far = np.eye(4)
+    far[:3, 3] = [1.5, 0.0, 0.3]  # beyond the 0.855 m reach
+    assert kin.inverse(far, kin.home) is None
+
+
+def test_jtc_interpolation_used_by_the_sim():
+    from real_robot.control import sample_trajectory
+
+    times, points = np.array([1.0, 1.1, 1.3]), np.array([[0.0, 0.0], [10.0, 20.0], [10.0, 40.0]])
+    np.testing.assert_allclose(sample_trajectory(times, points, 0.5), [0.0, 0.0])   # before: the start
+    np.testing.assert_allclose(sample_trajectory(times, points, 1.05), [5.0, 10.0])
+    np.testing.assert_allclose(sample_trajectory(times, points, 1.2), [10.0, 30.0])
+    np.testing.assert_allclose(sample_trajectory(times, points, 9.0), [10.0, 40.0])  # after: the last point
+
+
+def test_camera_images_are_resized_like_the_simulator_renders_them():
+    """A 512x512 frame sent as a ROS image decodes to exactly the simulator's 96x96 observation."""
+    from types import SimpleNamespace
+
+    from envs.pusht_env import PushTEnv
+    from real_robot.observations import image_from_msg
+
+    env = PushTEnv(obs_type="image", obs_image_size=96)
+    env.reset(seed=3)
+    big = PushTEnv(obs_type="image", obs_image_size=512)
+    big.reset(seed=3)
+    observation = np.asarray(env._draw().observation_image())        # (3, 96, 96) uint8
+    frame = np.asarray(big._draw().observation_image()).transpose(1, 2, 0)  # (512, 512, 3)
+    for encoding, data in (("rgb8", frame), ("bgr8", frame[..., ::-1])):
+        msg = SimpleNamespace(encoding=encoding, height=512, width=512, step=512 * 3,
+                              data=np.ascontiguousarray(data).tobytes())
+        decoded = image_from_msg(msg, 96)
+        assert decoded.shape == (3, 96, 96) and decoded.dtype == np.float32
+        assert np.abs(decoded * 255 - observation).max() <= 1.0  # float rounding of the same taps
+    with pytest.raises(ValueError, match="encoding"):
+        image_from_msg(SimpleNamespace(encoding="mono8", height=1, width=1, step=1, data=b"\0"), 96)
+    with pytest.raises(ValueError, match="too short"):
+        image_from_msg(SimpleNamespace(encoding="rgb8", height=4, width=4, step=12, data=b"\0" * 10), 96)
+
+
+def test_parameters_validate_per_arm():
+    from real_robot.params import PARAMETERS, ConfigError, validate
+
+    base = {name: default for name, (_, default) in PARAMETERS.items()}
+    values = dict(base, checkpoint="x.ckpt", arm_model="fr3")
+    arm = validate(values)
+    assert values["joint_names"] == [f"fr3_joint{i}" for i in range(1, 8)] and len(values["home_joints"]) == 7
+    assert arm.forward(values["home_joints"]).shape == (4, 4)
+    with pytest.raises(ConfigError, match="7 joints"):
+        validate(dict(base, checkpoint="x.ckpt", arm_model="fr3", joint_names=["a"] * 6))
+    with pytest.raises(ConfigError, match="arm_model"):
+        validate(dict(base, checkpoint="x.ckpt", arm_model="kuka"))
+    with pytest.raises(ConfigError, match="checkpoint"):
+        validate(dict(base))

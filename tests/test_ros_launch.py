@@ -113,10 +113,32 @@ def test_sim_launch(monkeypatch):
 
 
 @pytest.mark.parametrize("robot,topic", [("ur", "/scaled_joint_trajectory_controller/joint_trajectory"),
+                                         ("franka", "/fr3_arm_controller/joint_trajectory"),
                                          ("sim", "joint_trajectory")])
 def test_robot_presets(robot, topic):
+    """Each preset passes the node's validation, and its whole table workspace is reachable by the
+    arm's IK along a continuous path: a serpentine sweep in 16 px steps moves no joint > 0.3 rad."""
+    import numpy as np
     import yaml
+
+    sys.path.insert(0, str(LAUNCH_DIR.parent))
+    from real_robot.kinematics import PlanarCalibration
+    from real_robot.params import PARAMETERS, validate
 
     params = yaml.safe_load((LAUNCH_DIR.parent / "config" / f"{robot}.yaml").read_text())["/**"]["ros__parameters"]
     assert params["command_topic"] == topic and params["output_mode"] == "joint_trajectory"
-    assert len(params["pixel_to_table"]) == 6
+    values = {name: default for name, (_, default) in PARAMETERS.items()}
+    values.update(params, checkpoint="model.ckpt")
+    arm = validate(values)
+    calibration = PlanarCalibration(values["pixel_to_table"], values["table_height"], values["tool_orientation"])
+    (u0, v0), (u1, v1) = values["workspace_min_px"], values["workspace_max_px"]
+    columns = np.linspace(u0, u1, int((u1 - u0) // 16) + 1)
+    seed = np.asarray(values["home_joints"], dtype=np.float64)
+    for i, v in enumerate(np.linspace(v0, v1, int((v1 - v0) // 16) + 1)):
+        for u in columns if i % 2 == 0 else columns[::-1]:
+            joints = arm.inverse(calibration.tool_pose(np.array([u, v])), seed)
+            assert joints is not None, (robot, u, v)
+            assert np.abs(arm.forward(joints)[:3, 3] - calibration.tool_pose(np.array([u, v]))[:3, 3]).max() < 1e-5
+            if i or u != columns[0]:
+                assert np.abs(joints - seed).max() < 0.3, (robot, u, v, joints - seed)
+            seed = joints

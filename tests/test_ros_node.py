@@ -286,6 +286,34 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         n = len(trajectories)
         time.sleep(0.5)
         assert len(trajectories) == n
+
+        # 6. `ros2 param set`: `enabled` switches like the service, and reads back the state the
+        #    services left; parameters read at start-up are refused with the reason.
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import GetParameters, SetParameters
+
+        def get_enabled():
+            return call(ros, GetParameters, "/robot/policy/get_parameters",
+                        GetParameters.Request(names=["enabled"])).values[0].bool_value
+
+        def set_parameter(name, value):
+            kind = ParameterType.PARAMETER_BOOL if isinstance(value, bool) else ParameterType.PARAMETER_DOUBLE
+            field = "bool_value" if isinstance(value, bool) else "double_value"
+            request = SetParameters.Request(parameters=[Parameter(
+                name=name, value=ParameterValue(type=kind, **{field: value}))])
+            return call(ros, SetParameters, "/robot/policy/set_parameters", request).results[0]
+
+        assert get_enabled() is False  # e-stop cleared the parameter too
+        refused = set_parameter("control_rate_hz", 20.0)
+        assert not refused.successful and "restart" in refused.reason
+        assert set_parameter("enabled", True).successful
+        t_param = time.monotonic()
+        assert wait_for(lambda: sum(t > t_param and len(m.points) > 1 for t, m in trajectories) >= 5, 5)
+        assert get_enabled() is True and statuses[-1]["enabled"]
+        assert set_parameter("enabled", False).successful
+        t_off = time.monotonic()
+        time.sleep(0.8)
+        assert len([m for t, m in trajectories if t > t_off + 0.05]) <= 1 and not statuses[-1]["enabled"]
         assert proc.poll() is None, log.read_text()[-3000:]
     finally:
         stop.set()
@@ -314,38 +342,42 @@ def in_process_score(checkpoint, seed, max_steps):
     return best, env
 
 
-@pytest.mark.xfail(reason="known open bug (issue 7): in some runs one policy_node/sim_robot pair never starts "
-                          "exchanging commands (the policy logs no observation), so its episode never ends; "
-                          "not gating CI until fixed", strict=False)
-def test_closed_loop_policy_and_sim_over_dds(install, checkpoint, tmp_path, processes, ros):
-    """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
-    back through FK in the sim) score like the in-process evaluation of the same policy."""
-    from std_msgs.msg import Float64MultiArray
+PRETRAINED = REPO / "pretrained" / "pusht_lowdim.ckpt"
 
-    seeds, max_steps = (100000, 100001), 60
-    scores = {seed: [] for seed in seeds}
+
+def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
+    """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
+    back through FK in the sim) solve the seeds the in-process evaluation of the same trained
+    policy solves, with the same score within a small tolerance.
+
+    A trained policy is needed for a meaningful comparison: the real-time loop executes a chunk
+    from action 1 on (action 0 is due at the observation's own time, as in the original's
+    latency compensation), so an untrained policy's chaotic pushes diverge from the
+    synchronous run step by step while a policy that solves the task solves it both ways."""
+    from std_msgs.msg import Float64MultiArray
     import yaml
 
+    seeds, max_steps = (100001, 100004, 100007), 200
+    scores = {seed: [] for seed in seeds}
     preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
     for seed in seeds:  # one pair of processes at a time: two cores
         ns = f"/loop{seed}"
         sim_params = write_params(tmp_path / f"sim{seed}.yaml", seed=seed, max_steps=max_steps, control_rate_hz=10)
         policy_params = tmp_path / f"policy{seed}.yaml"
-        write_params(policy_params, **{**preset, "checkpoint": str(checkpoint), "enabled": True, "seed": seed})
+        write_params(policy_params, **{**preset, "checkpoint": str(PRETRAINED), "enabled": True, "seed": seed})
         ros.create_subscription(Float64MultiArray, f"{ns}/sim_robot/score",
                                 lambda m, seed=seed: scores[seed].append(list(m.data)), 10)
         processes.start(launch_ros_command(install, "sim_robot", "sim_robot", ns, sim_params), node_env(install),
                         tmp_path / f"sim{seed}.log")
         processes.start(launch_ros_command(install, "policy_node", "policy_node", ns, policy_params),
                         node_env(install), tmp_path / f"policy{seed}.log")
-        done = wait_for(lambda: scores[seed] and scores[seed][-1][4] == 1.0, 90)
+        done = wait_for(lambda: scores[seed] and scores[seed][-1][4] == 1.0, 120)
         processes.stop_all()
-        logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+        logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob(f"*{seed}.log")}
         assert done, (seed, scores[seed][-1:], logs)
     ros_scores = np.array([scores[seed][-1][2] for seed in seeds])
-    local_scores = np.array([in_process_score(checkpoint, seed, max_steps)[0] for seed in seeds])
+    local_scores = np.array([in_process_score(PRETRAINED, seed, max_steps)[0] for seed in seeds])
     print("closed loop over DDS:", ros_scores, "in-process:", local_scores)
-    assert np.all((0 <= ros_scores) & (ros_scores <= 1))
-    # Latency compensation and asynchronous clocks make the runs differ step by step; the
-    # mean over the seeds must still agree.
-    assert abs(ros_scores.mean() - local_scores.mean()) <= 0.25, (ros_scores, local_scores)
+    assert np.all(local_scores >= 0.99), local_scores  # the seeds are ones this policy solves in-process
+    assert np.all(ros_scores >= 0.95), (ros_scores, local_scores)
+    assert abs(ros_scores.mean() - local_scores.mean()) <= 0.05, (ros_scores, local_scores)

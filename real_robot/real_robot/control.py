@@ -150,3 +150,29 @@ def joint_speed_ok(previous: Optional[np.ndarray], joints: np.ndarray, seconds: 
 
 def percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if len(values) else float("nan")
+
+
+def sample_trajectory(times: np.ndarray, positions: np.ndarray, t: float) -> np.ndarray:
+    """Position at time ``t`` of a piecewise-linear trajectory through ``positions`` (N, D) at
+    increasing ``times`` (N,): q(t) = q_i + (t - t_i)/(t_{i+1} - t_i) (q_{i+1} - q_i), held
+    constant before the first and after the last point — how a JointTrajectoryController
+    interpolates from the state it had when a trajectory arrived."""
+    times = np.asarray(times, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64)
+    return np.array([np.interp(t, times, positions[:, d]) for d in range(positions.shape[1])])
+
+
+def attach_joints(timed: List[PlannedAction], arm, calibration, seed: np.ndarray, check_speed: bool,
+                  previous_time: float, dt: float, max_joint_velocity: float) -> bool:
+    """Solve IK for each planned action in turn, each seeded by the previous solution, and cut the
+    plan at the first unreachable target or joint-speed violation (|Δq| / Δt > limit, Δt at least
+    one period: the controller interpolates to the first point). ``check_speed`` False skips the
+    check against ``seed`` (a branch preference, not the arm's position). True if it had to cut."""
+    for i, planned in enumerate(timed):
+        joints = arm.inverse(calibration.tool_pose(planned.pixels), seed)
+        seconds = max(planned.time - previous_time, dt)
+        if joints is None or (check_speed and not joint_speed_ok(seed, joints, seconds, max_joint_velocity)):
+            del timed[i:]
+            return True
+        planned.joints, seed, previous_time, check_speed = joints, joints, planned.time, True
+    return False

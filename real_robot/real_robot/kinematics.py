@@ -72,6 +72,9 @@ def quaternion_from_yaw(yaw: float) -> np.ndarray:
 class URKinematics:
     """FK and closed-form IK (up to 8 solutions) of a UR5 / UR5e flange in the base frame."""
 
+    joint_names = UR_JOINT_NAMES
+    home = (0.0, -math.pi / 2, math.pi / 2, -math.pi / 2, -math.pi / 2, 0.0)
+
     def __init__(self, model: str = "ur5e") -> None:
         if model not in UR_DH:
             raise ValueError(f"unknown UR model {model!r}; expected one of {sorted(UR_DH)}")

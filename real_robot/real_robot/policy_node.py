@@ -2,16 +2,17 @@
 
 Observations (latest message of each, sampled on the control clock into a history of
 n_obs_steps): the agent / end-effector position (``agent_pose`` PoseStamped in the table
-frame, or ``joint_states`` + UR forward kinematics), the block (``block_keypoints``
+frame, or ``joint_states`` + the arm's forward kinematics), the block (``block_keypoints``
 Float64MultiArray of 18 pixel values, or ``block_pose`` PoseStamped) for low-dim policies,
 ``image`` (sensor_msgs/Image, rgb8/bgr8) for image policies.
 
 Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a
-ros2_control JointTrajectoryController, UR analytic IK), ``pose`` (PoseStamped for Cartesian
+ros2_control JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for Cartesian
 controllers, stamped with the action's scheduled time) or ``float_array`` (Float64MultiArray of
 joint positions for a forward position controller).
 
-Safety: starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called with true;
+Safety: starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called with true (or
+``ros2 param set <node> enabled true``);
 ``~/estop`` (Trigger) latches a stop until ``~/reset_estop`` (which leaves the node disabled);
 workspace, per-step and joint-speed clamps; stale observations (newest older than
 ``stale_factor * dt``) hold position; inference results later than ``inference_timeout_s`` are
@@ -21,7 +22,6 @@ frame) are published for monitoring.
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -29,91 +29,13 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from real_robot.control import ActionSchedule, clamp_actions, coerce, joint_speed_ok
-from real_robot.kinematics import (
-    UR_JOINT_NAMES, PlanarCalibration, URKinematics, quaternion_to_matrix, yaw_of_quaternion,
+from real_robot.commands import CommandBuilder
+from real_robot.control import ActionSchedule, attach_joints, clamp_actions
+from real_robot.kinematics import PlanarCalibration
+from real_robot.observations import (
+    agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
 )
-
-OUTPUT_MODES = ("joint_trajectory", "pose", "float_array")
-AGENT_SOURCES = ("pose", "joint_states")
-BLOCK_SOURCES = ("keypoints", "block_pose")
-
-# name -> (kind, default)
-PARAMETERS = {
-    "checkpoint": ("str", ""),
-    "device": ("str", "cpu"),
-    "robot": ("str", "ur"),
-    "control_rate_hz": ("float", 10.0),
-    "num_threads": ("int", 1),
-    "seed": ("int", 0),
-    "output_mode": ("str", "joint_trajectory"),
-    "command_topic": ("str", "/scaled_joint_trajectory_controller/joint_trajectory"),
-    "joint_names": ("str_list", list(UR_JOINT_NAMES)),
-    "ur_model": ("str", "ur5e"),
-    "home_joints": ("float_list", [0.0, -1.5708, 1.5708, -1.5708, -1.5708, 0.0]),
-    "agent_source": ("str", "pose"),
-    "block_source": ("str", "keypoints"),
-    "pixel_to_table": ("float_list", [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]),
-    "table_height": ("float", 0.15),
-    "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
-    "frame_id": ("str", "base"),
-    "workspace_min_px": ("float_list", [10.0, 10.0]),
-    "workspace_max_px": ("float_list", [502.0, 502.0]),
-    "max_step_px": ("float", 60.0),
-    "max_velocity_px_s": ("float", 600.0),
-    "max_joint_velocity": ("float", 2.0),
-    "stale_factor": ("float", 2.0),
-    "inference_timeout_s": ("float", 1.0),
-    "latency_margin_s": ("float", 0.01),
-    "handover_margin_steps": ("int", 1),
-    "enabled": ("bool", False),
-    "publish_hold": ("bool", True),
-}
-
-
-class ConfigError(ValueError):
-    """An invalid parameter combination; the node exits with it."""
-
-
-def read_parameters(node) -> Dict[str, object]:
-    from rcl_interfaces.msg import ParameterDescriptor
-
-    values = {}
-    for name, (kind, default) in PARAMETERS.items():
-        # dynamic_typing: a DOUBLE given as 10 (INTEGER, e.g. from a launch argument) is accepted.
-        node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
-        raw = node.get_parameter(name).value
-        values[name] = coerce(name, default if raw is None else raw, kind)
-    return values
-
-
-def validate(p: Dict[str, object]) -> None:
-    problems = []
-    if not p["checkpoint"]:
-        problems.append("parameter 'checkpoint' is required (a .ckpt written by train.py)")
-    if not 0 < p["control_rate_hz"] <= 1000:
-        problems.append(f"control_rate_hz must be in (0, 1000], got {p['control_rate_hz']}")
-    if p["output_mode"] not in OUTPUT_MODES:
-        problems.append(f"output_mode must be one of {OUTPUT_MODES}, got {p['output_mode']!r}")
-    if p["agent_source"] not in AGENT_SOURCES:
-        problems.append(f"agent_source must be one of {AGENT_SOURCES}, got {p['agent_source']!r}")
-    if p["block_source"] not in BLOCK_SOURCES:
-        problems.append(f"block_source must be one of {BLOCK_SOURCES}, got {p['block_source']!r}")
-    if len(p["workspace_min_px"]) != 2 or len(p["workspace_max_px"]) != 2 or \
-            not all(a < b for a, b in zip(p["workspace_min_px"], p["workspace_max_px"])):
-        problems.append("workspace_min_px / workspace_max_px must be [x, y] with min < max")
-    for name in ("max_step_px", "max_velocity_px_s", "max_joint_velocity", "stale_factor", "inference_timeout_s"):
-        if not p[name] > 0:
-            problems.append(f"{name} must be > 0, got {p[name]}")
-    needs_joints = p["output_mode"] in ("joint_trajectory", "float_array") or p["agent_source"] == "joint_states"
-    if needs_joints and len(p["joint_names"]) != 6:
-        problems.append(f"joint_names must name the 6 UR joints for {p['output_mode']} / joint_states, "
-                        f"got {p['joint_names']} (joint output ships analytic IK for UR5/UR5e only; "
-                        "use output_mode:=pose with a Cartesian controller for other arms)")
-    if needs_joints and len(p["home_joints"]) != 6:
-        problems.append("home_joints must have 6 values")
-    if problems:
-        raise ConfigError("; ".join(problems))
+from real_robot.params import RUNTIME_PARAMETERS, ConfigError, read_parameters, validate
 
 
 class PolicyNode:
@@ -133,15 +55,15 @@ class PolicyNode:
 
         self.node = node = Node(node_name)
         self.p = p = read_parameters(node)
-        validate(p)
+        self.arm = validate(p)
         torch.set_num_threads(max(1, p["num_threads"]))
         self.torch = torch
         self.dt = 1.0 / p["control_rate_hz"]
         try:
             self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
-            self.ur = URKinematics(p["ur_model"])
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        self.commands = CommandBuilder(self.calibration, p["table_height"], p["frame_id"], p["joint_names"])
         if policy is None:
             from policy.checkpoint import load_policy
 
@@ -155,7 +77,6 @@ class PolicyNode:
         from policy.executor import ObservationHistory
 
         self.history = ObservationHistory(self.n_obs_steps)
-        self.history_stamps = []
         self.schedule = ActionSchedule(self.dt, p["latency_margin_s"])
         self.lock = threading.Lock()
         self.latest: Dict[str, tuple] = {}
@@ -182,20 +103,23 @@ class PolicyNode:
         reliable = QoSProfile(depth=10)
 
         if p["agent_source"] == "pose":
-            node.create_subscription(PoseStamped, "agent_pose", self._store("agent", self._agent_from_pose),
+            node.create_subscription(PoseStamped, "agent_pose",
+                                     self._store("agent", lambda m: agent_from_pose(m, self.calibration)),
                                      reliable, callback_group=obs_group)
-        node.create_subscription(JointState, "joint_states", self._store("joints", self._joints_from_state),
+        node.create_subscription(JointState, "joint_states",
+                                 self._store("joints", lambda m: joints_from_state(m, p["joint_names"])),
                                  reliable, callback_group=obs_group)
         if self.obs_type == "lowdim":
             if p["block_source"] == "keypoints":
                 node.create_subscription(Float64MultiArray, "block_keypoints",
-                                         self._store("keypoints", self._keypoints_from_array),
+                                         self._store("keypoints", keypoints_from_array),
                                          reliable, callback_group=obs_group)
             else:
-                node.create_subscription(PoseStamped, "block_pose", self._store("keypoints", self._keypoints_from_pose),
+                node.create_subscription(PoseStamped, "block_pose",
+                                         self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)),
                                          reliable, callback_group=obs_group)
         else:
-            node.create_subscription(Image, "image", self._store("image", self._image_from_msg),
+            node.create_subscription(Image, "image", self._store("image", lambda m: image_from_msg(m, self.image_size)),
                                      sensor_qos, callback_group=obs_group)
 
         mode = p["output_mode"]
@@ -208,8 +132,8 @@ class PolicyNode:
         node.create_service(Trigger, "~/estop", self._on_estop, callback_group=obs_group)
         node.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=obs_group)
 
-        self.msgs = dict(PoseStamped=PoseStamped, PoseArray=PoseArray, JointTrajectory=JointTrajectory,
-                         Float64MultiArray=Float64MultiArray, String=String)
+        self.String = String
+        node.add_on_set_parameters_callback(self._on_parameters)
         self._warm_up()
         self.guard = node.create_guard_condition(self._run_inference, callback_group=self.inference_group)
         self.timer = node.create_timer(self.dt, self._control_tick, callback_group=self.control_group)
@@ -237,64 +161,12 @@ class PolicyNode:
                 self.latest[key] = (value, stamp)
         return callback
 
-    def _agent_from_pose(self, msg) -> np.ndarray:
-        return self.calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
-
-    def _joints_from_state(self, msg) -> np.ndarray:
-        names = list(msg.name)
-        try:
-            return np.array([msg.position[names.index(n)] for n in self.p["joint_names"]], dtype=np.float64)
-        except (ValueError, IndexError):
-            raise ValueError(f"joint_states lacks one of {self.p['joint_names']}") from None
-
-    def _keypoints_from_array(self, msg) -> np.ndarray:
-        values = np.asarray(msg.data, dtype=np.float64)
-        if values.shape != (18,) or not np.isfinite(values).all():
-            raise ValueError(f"block_keypoints must hold 18 finite pixel values, got {values.shape}")
-        return values
-
-    def _keypoints_from_pose(self, msg) -> np.ndarray:
-        from envs.geometry import block_keypoints
-
-        q = msg.pose.orientation
-        xy = self.calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
-        theta = self.calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))
-        return block_keypoints(np.array([xy[0], xy[1], theta])).reshape(-1)
-
-    def _image_from_msg(self, msg) -> np.ndarray:
-        if msg.encoding not in ("rgb8", "bgr8"):
-            raise ValueError(f"image encoding must be rgb8 or bgr8, got {msg.encoding!r}")
-        rows = np.frombuffer(msg.data, dtype=np.uint8).reshape(msg.height, msg.step)
-        image = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
-        if msg.encoding == "bgr8":
-            image = image[..., ::-1]
-        size = self.image_size
-        if image.shape[:2] != (size, size):  # nearest-neighbour resize, no OpenCV needed
-            ys = (np.arange(size) * msg.height / size).astype(int)
-            xs = (np.arange(size) * msg.width / size).astype(int)
-            image = image[ys][:, xs]
-        return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
-
     def _sample(self):
-        """The newest complete observation and its time (the oldest stamp of its parts)."""
+        """The newest complete observation, its time (the oldest stamp of its parts), the agent."""
         with self.lock:
             latest = dict(self.latest)
-        if self.p["agent_source"] == "joint_states":
-            if "joints" not in latest:
-                return None
-            joints, stamp = latest["joints"]
-            agent = (self.calibration.to_pixels(self.ur.forward(joints)[:2, 3]), stamp)
-        else:
-            agent = latest.get("agent")
-        other = latest.get("keypoints" if self.obs_type == "lowdim" else "image")
-        if agent is None or other is None:
-            return None
-        t_obs = min(agent[1], other[1])
-        if self.obs_type == "lowdim":
-            obs = {"obs": np.concatenate([other[0], agent[0]]).astype(np.float32)[None]}
-        else:
-            obs = {"image": other[0][None], "agent_pos": agent[0].astype(np.float32)[None]}
-        return obs, t_obs, agent[0]
+        return compose_observation(latest, self.obs_type, self.p["agent_source"] == "joint_states",
+                                   self.arm, self.calibration)
 
     # --- control clock --------------------------------------------------------------------
     def _control_tick(self) -> None:
@@ -315,11 +187,9 @@ class PolicyNode:
                 else:
                     self.holding = False
                     if not self.history.frames:
-                        self.history.reset(obs)
-                        self.history_stamps = [t_obs] * self.n_obs_steps
+                        self.history.reset(obs)  # repeats the first observation n_obs_steps times
                     else:
                         self.history.append(obs)
-                        self.history_stamps = (self.history_stamps + [t_obs])[-self.n_obs_steps:]
                     self._tick_plan(now, t_obs)
             self._publish_status(now)
 
@@ -347,44 +217,17 @@ class PolicyNode:
     def _publish_command(self, pending, now: float) -> None:
         mode = self.p["output_mode"]
         if mode == "joint_trajectory":
-            from builtin_interfaces.msg import Duration
-            from trajectory_msgs.msg import JointTrajectoryPoint
-
-            msg = self.msgs["JointTrajectory"]()  # header.stamp 0: start on receipt
-            msg.joint_names = list(self.p["joint_names"])
-            # The joint-speed checks gave the first point at least one period from the previous
-            # plan point: never ask the controller to reach it sooner (later points keep spacing).
-            delay = max(0.0, self.dt - (pending[0].time - now))
-            for planned in pending:
-                total_ns = int(round((planned.time - now + delay) * 1e9))
-                seconds, nanoseconds = divmod(total_ns, 1_000_000_000)
-                point = JointTrajectoryPoint(positions=[float(v) for v in planned.joints])
-                point.time_from_start = Duration(sec=seconds, nanosec=nanoseconds)
-                msg.points.append(point)
+            msg = self.commands.trajectory(pending, now, self.dt)
         elif mode == "pose":
-            msg = self._pose_stamped(pending[0].pixels, pending[0].time)
+            msg = self.commands.pose_stamped(pending[0].pixels, pending[0].time)
         else:
-            msg = self.msgs["Float64MultiArray"](data=[float(v) for v in pending[0].joints])
+            msg = self.commands.float_array(pending[0].joints)
         self.command_pub.publish(msg)
         self.stats["commands"] += 1
         if self.chunk_obs_time is not None and self.last_e2e_chunk != self.stats["chunks"]:
             # End to end: observation stamp -> first command carrying that observation's chunk.
             self.last_e2e_chunk = self.stats["chunks"]
             self.last_e2e = now - self.chunk_obs_time
-
-    def _pose_stamped(self, pixels, stamp: float):
-        msg = self.msgs["PoseStamped"]()
-        msg.header.frame_id = self.p["frame_id"]
-        msg.header.stamp.sec = int(stamp)
-        msg.header.stamp.nanosec = int((stamp % 1) * 1e9)
-        self._fill_pose(msg.pose, pixels)
-        return msg
-
-    def _fill_pose(self, pose, pixels) -> None:
-        xy = self.calibration.to_table(pixels)
-        pose.position.x, pose.position.y, pose.position.z = float(xy[0]), float(xy[1]), float(self.p["table_height"])
-        qx, qy, qz, qw = self.calibration.orientation
-        pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w = qx, qy, qz, qw
 
     def _hold(self, reason: str, force: bool = False) -> None:
         """Drop the plan and (once) command the current position; nothing new follows. ``force``
@@ -398,29 +241,18 @@ class PolicyNode:
         self.node.get_logger().warning(f"holding position: {reason}")
         if not (self.enabled and (self.p["publish_hold"] or force)):
             return
-        mode = self.p["output_mode"]
-        agent_px = self.agent_px
+        mode, agent_px = self.p["output_mode"], self.agent_px
         if mode == "pose":
             if agent_px is not None:
-                self.command_pub.publish(self._pose_stamped(agent_px, 0.0))
+                self.command_pub.publish(self.commands.pose_stamped(agent_px, 0.0))
             return
         joints = self.latest.get("joints", (None,))[0]
         if joints is None and agent_px is not None:
             seed = self.last_joints if self.last_joints is not None else self.p["home_joints"]
-            joints = self.ur.inverse(self.calibration.tool_pose(agent_px), seed)
-        if joints is None:
-            return
-        if mode == "joint_trajectory":
-            from builtin_interfaces.msg import Duration
-            from trajectory_msgs.msg import JointTrajectoryPoint
-
-            msg = self.msgs["JointTrajectory"]()
-            msg.joint_names = list(self.p["joint_names"])
-            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in joints],
-                                                   time_from_start=Duration(sec=0, nanosec=int(self.dt * 1e9))))
-        else:
-            msg = self.msgs["Float64MultiArray"](data=[float(v) for v in joints])
-        self.command_pub.publish(msg)
+            joints = self.arm.inverse(self.calibration.tool_pose(agent_px), seed)
+        if joints is not None:
+            self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt) if mode == "joint_trajectory"
+                                     else self.commands.float_array(joints))
 
     # --- inference (own callback group) ----------------------------------------------------
     def _warm_up(self) -> None:
@@ -450,15 +282,15 @@ class PolicyNode:
             actions = self._predict(stacked)
         except Exception as error:  # a failing model must not kill the control loop
             self.node.get_logger().error(f"inference failed: {type(error).__name__}: {error}")
-            with self.lock:
-                self.inference_in_flight = False
-            return
+            actions = None
         latency = time.monotonic() - start
         now = self.now()
         with self.lock:
             if generation != self.generation:
-                return  # timed out, e-stopped or held meanwhile
+                return  # timed out, e-stopped or held meanwhile: a newer request may be in flight
             self.inference_in_flight = False
+            if actions is None:
+                return
             self.last_latency = latency
             self.latency_estimate = max(latency, 0.8 * self.latency_estimate + 0.2 * latency)
             if not np.isfinite(actions).all():
@@ -473,7 +305,8 @@ class PolicyNode:
             self.stats["stale_chunks"] += int(report.all_stale)
             if report.handed_over_on_time is not None:
                 self.stats["on_time" if report.handed_over_on_time else "late"] += 1
-            self._publish_chunk(actions)
+            self.chunk_pub.publish(self.commands.chunk(actions, self.node.get_clock().now().to_msg()))
+            self.chunk_px_pub.publish(self.commands.float_array(actions))
 
     def _clamp(self, timed, now: float) -> None:
         """Workspace / per-step clamps in pixels, then IK with a joint-speed check (truncates)."""
@@ -496,47 +329,44 @@ class PolicyNode:
         if seed is None:
             seed = self.last_joints
         check = seed is not None
-        if seed is None:
-            seed = np.asarray(p["home_joints"])
+        seed = np.asarray(p["home_joints"]) if seed is None else seed
         previous_time = previous.time if previous is not None else now
-        keep = len(timed)
-        for i, planned in enumerate(timed):
-            joints = self.ur.inverse(self.calibration.tool_pose(planned.pixels), seed)
-            # The first point gets at least one control period (the controller interpolates to it).
-            seconds = max(planned.time - previous_time, self.dt)
-            if joints is None or (check and not joint_speed_ok(seed, joints, seconds, p["max_joint_velocity"])):
-                self.stats["ik_failures"] += 1
-                keep = i
-                break
-            planned.joints, seed, previous_time, check = joints, joints, planned.time, True
-        del timed[keep:]
+        if attach_joints(timed, self.arm, self.calibration, seed, check, previous_time, self.dt,
+                         p["max_joint_velocity"]):
+            self.stats["ik_failures"] += 1
         if timed:
             self.last_joints = timed[-1].joints
 
-    def _publish_chunk(self, actions) -> None:
-        msg = self.msgs["PoseArray"]()
-        msg.header.frame_id = self.p["frame_id"]
-        msg.header.stamp = self.node.get_clock().now().to_msg()
-        from geometry_msgs.msg import Pose
-
-        for action in actions:
-            pose = Pose()
-            self._fill_pose(pose, action)
-            msg.poses.append(pose)
-        self.chunk_pub.publish(msg)
-        self.chunk_px_pub.publish(self.msgs["Float64MultiArray"](data=[float(v) for v in np.ravel(actions)]))
-
     # --- services & status ----------------------------------------------------------------
+    def _on_parameters(self, parameters):
+        """``ros2 param set`` of ``enabled`` switches like ``~/enable``; the rest need a restart."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        for parameter in parameters:
+            if parameter.name not in RUNTIME_PARAMETERS:
+                return SetParametersResult(successful=False,
+                                           reason=f"{parameter.name} is read at start-up only; restart the node")
+            if not isinstance(parameter.value, bool):
+                return SetParametersResult(successful=False, reason="enabled must be true or false")
+            with self.lock:
+                if parameter.value and self.estopped:
+                    return SetParametersResult(successful=False, reason="e-stop latched; call ~/reset_estop first")
+                if self.enabled and not parameter.value:
+                    self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
+                if self.enabled != parameter.value:
+                    self.node.get_logger().info("enabled" if parameter.value else "disabled (dry run)")
+                self.enabled = parameter.value
+        return SetParametersResult(successful=True)
+
+    def _set_enabled_parameter(self, value: bool):
+        from rclpy.parameter import Parameter
+
+        return self.node.set_parameters([Parameter("enabled", value=value)])[0]
+
     def _on_enable(self, request, response):
-        with self.lock:
-            if request.data and self.estopped:
-                response.success, response.message = False, "e-stop latched; call ~/reset_estop first"
-                return response
-            if self.enabled and not request.data:
-                self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
-            self.enabled = bool(request.data)
-        response.success, response.message = True, "enabled" if self.enabled else "disabled (dry run)"
-        self.node.get_logger().info(response.message)
+        result = self._set_enabled_parameter(bool(request.data))  # the parameter always shows the state
+        response.success = result.successful
+        response.message = result.reason or ("enabled" if self.enabled else "disabled (dry run)")
         return response
 
     def _on_estop(self, request, response):
@@ -546,6 +376,7 @@ class PolicyNode:
             self.estopped = True
             self.enabled = False
             self.state = "estop"
+        self._set_enabled_parameter(False)
         response.success, response.message = True, "e-stop latched; commands stopped"
         self.node.get_logger().error(response.message)
         return response
@@ -562,7 +393,7 @@ class PolicyNode:
                       latency_estimate=self.latency_estimate, pending=len(self.schedule.pending(now)),
                       last_inference_s=self.last_latency, last_e2e_s=self.last_e2e,
                       **self.stats)
-        self.status_pub.publish(self.msgs["String"](data=json.dumps(status)))
+        self.status_pub.publish(self.String(data=json.dumps(status)))
 
 
 def main(args=None) -> int:

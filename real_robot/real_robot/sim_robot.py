@@ -3,12 +3,15 @@
 Every control period it executes the command due now, steps ``envs.pusht_env.PushTEnv`` and
 publishes the agent pose (``agent_pose``, PoseStamped, table frame), the block pose
 (``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), UR joint states
-(``joint_states``, IK of the tool over the agent), an optional camera image (``image``, rgb8)
+(``joint_states``, IK of the tool over the agent for ``arm_model``: ur5 | ur5e | fr3), an optional camera image (``image``, rgb8)
 and ``~/score`` (Float64MultiArray: step, reward, max reward, coverage, done).
 
 Commands: ``command_pose`` (PoseStamped; executed at its header stamp, 0 = now) and
-``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start, a new
-message replaces the old trajectory, as a JointTrajectoryController does; FK → pixels).
+``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start). As a
+JointTrajectoryController does, a new trajectory replaces the old one and is followed by linear
+interpolation from the position commanded at its receipt, so a stream of trajectories whose first
+point always lies ahead still moves the arm (FK → pixels; each tick executes the position the
+trajectory has at the tick's time).
 """
 from __future__ import annotations
 
@@ -17,8 +20,9 @@ import threading
 
 import numpy as np
 
-from real_robot.control import coerce
-from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics, quaternion_from_yaw
+from real_robot.control import coerce, sample_trajectory
+from real_robot.arms import make_arm
+from real_robot.kinematics import PlanarCalibration, quaternion_from_yaw
 
 PARAMETERS = {
     "seed": ("int", 100000),
@@ -29,8 +33,8 @@ PARAMETERS = {
     "pixel_to_table": ("float_list", [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]),
     "table_height": ("float", 0.15),
     "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
-    "ur_model": ("str", "ur5e"),
-    "home_joints": ("float_list", [0.0, -1.5708, 1.5708, -1.5708, -1.5708, 0.0]),
+    "arm_model": ("str", "ur5e"),
+    "home_joints": ("float_list", None),   # None: the arm's home
     "frame_id": ("str", "base"),
     "auto_reset": ("bool", False),
 }
@@ -51,19 +55,21 @@ class SimRobot:
         p = {}
         for name, (kind, default) in PARAMETERS.items():
             node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
-            p[name] = coerce(name, node.get_parameter(name).value, kind)
+            value = node.get_parameter(name).value
+            p[name] = None if value is None else coerce(name, value, kind)
         self.p = p
         self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
-        self.ur = URKinematics(p["ur_model"])
+        self.arm = make_arm(p["arm_model"])
         self.env = PushTEnv(obs_type="image" if p["publish_images"] else "keypoints", obs_image_size=p["image_size"])
         self.env.reset(seed=p["seed"])
         self.lock = threading.Lock()
-        self.points = []            # (execution time, target pixels)
+        self.points = []            # command_pose: (execution time, target pixels)
+        self.trajectory = None      # joint_trajectory: (times (N,), pixels (N, 2)), first = state at receipt
         self.target = None
         self.step_count = 0
         self.max_reward = 0.0
         self.done = False
-        self.joints = np.asarray(p["home_joints"], dtype=np.float64)
+        self.joints = np.asarray(self.arm.home if p["home_joints"] is None else p["home_joints"], dtype=np.float64)
         self.msgs = dict(PoseStamped=PoseStamped, Image=Image, JointState=JointState, F64=Float64MultiArray)
         self.pub_agent = node.create_publisher(PoseStamped, "agent_pose", 10)
         self.pub_block = node.create_publisher(PoseStamped, "block_pose", 10)
@@ -85,18 +91,30 @@ class SimRobot:
         pixels = self.calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
         with self.lock:
             when = stamp if stamp > 0 else self.now()
+            self.trajectory = None
             self.points = [pt for pt in self.points if pt[0] < when] + [(when, pixels)]
 
     def _on_trajectory(self, msg) -> None:
         received = self.now()
         names = list(msg.joint_names)
+        if not set(self.arm.joint_names) <= set(names):
+            self.node.get_logger().warning(f"trajectory ignored: joint_names {names} lack {self.arm.joint_names}",
+                                           throttle_duration_sec=2.0)
+            return
         new = []
         for point in msg.points:
-            joints = np.array([point.positions[names.index(n)] for n in UR_JOINT_NAMES])
-            pixels = self.calibration.to_pixels(self.ur.forward(joints)[:2, 3])
+            joints = np.array([point.positions[names.index(n)] for n in self.arm.joint_names])
+            pixels = self.calibration.to_pixels(self.arm.forward(joints)[:2, 3])
             new.append((received + point.time_from_start.sec + point.time_from_start.nanosec * 1e-9, pixels))
         with self.lock:
-            self.points = new  # replaces the current trajectory
+            if self.trajectory is not None:  # the desired position right now, as the controller's
+                start = sample_trajectory(*self.trajectory, received)
+            else:
+                start = self.target if self.target is not None else self.env.physics.agent_position
+            times = np.array([received] + [t for t, _ in new])
+            pixels = np.array([np.asarray(start, dtype=np.float64)] + [px for _, px in new])
+            self.trajectory = (times, pixels)  # replaces the current one
+            self.points = []
 
     def _tick(self) -> None:
         now = self.now()
@@ -105,6 +123,8 @@ class SimRobot:
             if due:
                 self.target = due[-1][1]
                 self.points = [pt for pt in self.points if pt[0] > now + self.dt / 2]
+            elif self.trajectory is not None:
+                self.target = sample_trajectory(*self.trajectory, now)
         if self.done or self.target is None:
             # Before the first command the episode has not started: keep publishing the state.
             if not self.done:
@@ -131,10 +151,10 @@ class SimRobot:
         yaw = self.calibration.angle_to_table(block[2])
         block_pose = self._pose(block[:2], 0.0, quaternion_from_yaw(yaw), sec, nanosec)
         seed = self.joints
-        joints = self.ur.inverse(self.calibration.tool_pose(agent_px), seed)
+        joints = self.arm.inverse(self.calibration.tool_pose(agent_px), seed)
         if joints is not None:
             self.joints = joints
-        state = self.msgs["JointState"](name=list(UR_JOINT_NAMES), position=[float(v) for v in self.joints])
+        state = self.msgs["JointState"](name=list(self.arm.joint_names), position=[float(v) for v in self.joints])
         state.header.stamp.sec, state.header.stamp.nanosec = sec, nanosec
         self.pub_agent.publish(agent_pose)
         self.pub_block.publish(block_pose)

@@ -1,0 +1,91 @@
+"""Decoding of the node's observation messages into the policy's pixel-frame inputs. Each
+decoder raises ValueError naming what is wrong with a message (the node logs it and skips it)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from envs.geometry import block_keypoints
+from envs.render import linear_resize_taps
+from real_robot.kinematics import PlanarCalibration, yaw_of_quaternion
+
+
+def joints_from_state(msg, joint_names: Sequence[str]) -> np.ndarray:
+    """JointState positions reordered as ``joint_names``."""
+    names = list(msg.name)
+    try:
+        return np.array([msg.position[names.index(n)] for n in joint_names], dtype=np.float64)
+    except (ValueError, IndexError):
+        raise ValueError(f"joint_states lacks one of {list(joint_names)}") from None
+
+
+def agent_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
+    """Agent (end-effector) pixel position from its table-frame PoseStamped."""
+    return calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
+
+
+def keypoints_from_array(msg) -> np.ndarray:
+    """The 9 block keypoints as 18 pixel values, as the low-dim policy was trained on."""
+    values = np.asarray(msg.data, dtype=np.float64)
+    if values.shape != (18,) or not np.isfinite(values).all():
+        raise ValueError(f"block_keypoints must hold 18 finite pixel values, got {values.shape}")
+    return values
+
+
+def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
+    """Block keypoints from the block's table-frame pose (position + yaw)."""
+    q = msg.pose.orientation
+    xy = calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
+    theta = calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))
+    return block_keypoints(np.array([xy[0], xy[1], theta])).reshape(-1)
+
+
+def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) uint8 -> (size, size, C) float32 in [0, 255], with OpenCV's INTER_LINEAR
+    convention (source coordinate s = (d + ½)·src/dst − ½), the resize the simulator applies to
+    its training images: out = Σ_ij wy_i wx_j img[y_i, x_j]."""
+    rows, row_w0, row_w1 = linear_resize_taps(image.shape[0], size)
+    cols, col_w0, col_w1 = linear_resize_taps(image.shape[1], size)
+    pixels = image.astype(np.float32)
+    vertical = row_w0[:, None, None] * pixels[rows[:, 0]] + row_w1[:, None, None] * pixels[rows[:, 1]]
+    return col_w0[None, :, None] * vertical[:, cols[:, 0]] + col_w1[None, :, None] * vertical[:, cols[:, 1]]
+
+
+def image_from_msg(msg, size: int) -> np.ndarray:
+    """sensor_msgs/Image (rgb8 or bgr8, no cv_bridge) -> (3, size, size) float32 in [0, 1]."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding must be rgb8 or bgr8, got {msg.encoding!r}")
+    if msg.step < msg.width * 3 or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"image data ({len(msg.data)} bytes, step {msg.step}) too short for "
+                         f"{msg.width}x{msg.height} rgb")
+    rows = np.frombuffer(msg.data, dtype=np.uint8)[:msg.step * msg.height].reshape(msg.height, msg.step)
+    image = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
+    if msg.encoding == "bgr8":
+        image = image[..., ::-1]
+    if image.shape[:2] != (size, size):
+        image = np.rint(resize_bilinear(image, size))  # rounded to uint8 levels, as the simulator's
+    return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)) / np.float32(255.0)
+
+
+def compose_observation(latest: dict, obs_type: str, agent_from_joints: bool, arm, calibration: PlanarCalibration):
+    """The policy input from the newest decoded messages ``latest[key] = (value, stamp)``:
+    ``({"obs": (1, 20)} | {"image": (1, 3, H, W), "agent_pos": (1, 2)}, t_obs, agent_px)`` with
+    t_obs the oldest stamp of its parts, or None while a part is missing. The agent comes from
+    ``agent_pose`` or, with ``agent_from_joints``, from the joint states through forward kinematics."""
+    if agent_from_joints:
+        if "joints" not in latest:
+            return None
+        joints, stamp = latest["joints"]
+        agent = (calibration.to_pixels(arm.forward(joints)[:2, 3]), stamp)
+    else:
+        agent = latest.get("agent")
+    other = latest.get("keypoints" if obs_type == "lowdim" else "image")
+    if agent is None or other is None:
+        return None
+    t_obs = min(agent[1], other[1])
+    if obs_type == "lowdim":
+        obs = {"obs": np.concatenate([other[0], agent[0]]).astype(np.float32)[None]}
+    else:
+        obs = {"image": other[0][None], "agent_pos": agent[0].astype(np.float32)[None]}
+    return obs, t_obs, agent[0]

@@ -1,0 +1,95 @@
+"""The policy node's parameters: declaration (dynamically typed, so a DOUBLE given as ``10`` from
+a launch argument is accepted), coercion and validation. A bad combination raises ConfigError,
+which stops the node with a non-zero exit."""
+from __future__ import annotations
+
+from typing import Dict
+
+from real_robot.arms import ARM_MODELS, make_arm
+from real_robot.control import coerce
+
+OUTPUT_MODES = ("joint_trajectory", "pose", "float_array")
+AGENT_SOURCES = ("pose", "joint_states")
+BLOCK_SOURCES = ("keypoints", "block_pose")
+
+# name -> (kind, default); None = taken from the arm (joint_names, home_joints)
+PARAMETERS = {
+    "checkpoint": ("str", ""),
+    "device": ("str", "cpu"),
+    "robot": ("str", "ur"),
+    "control_rate_hz": ("float", 10.0),
+    "num_threads": ("int", 1),
+    "seed": ("int", 0),
+    "output_mode": ("str", "joint_trajectory"),
+    "command_topic": ("str", "/scaled_joint_trajectory_controller/joint_trajectory"),
+    "arm_model": ("str", "ur5e"),
+    "joint_names": ("str_list", None),
+    "home_joints": ("float_list", None),
+    "agent_source": ("str", "pose"),
+    "block_source": ("str", "keypoints"),
+    "pixel_to_table": ("float_list", [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]),
+    "table_height": ("float", 0.15),
+    "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
+    "frame_id": ("str", "base"),
+    "workspace_min_px": ("float_list", [10.0, 10.0]),
+    "workspace_max_px": ("float_list", [502.0, 502.0]),
+    "max_step_px": ("float", 60.0),
+    "max_velocity_px_s": ("float", 600.0),
+    "max_joint_velocity": ("float", 2.0),
+    "stale_factor": ("float", 2.0),
+    "inference_timeout_s": ("float", 1.0),
+    "latency_margin_s": ("float", 0.01),
+    "handover_margin_steps": ("int", 1),
+    "enabled": ("bool", False),
+    "publish_hold": ("bool", True),
+}
+RUNTIME_PARAMETERS = ("enabled",)  # the only one `ros2 param set` may change; the rest need a restart
+
+
+class ConfigError(ValueError):
+    """An invalid parameter combination; the node exits with it."""
+
+
+def read_parameters(node) -> Dict[str, object]:
+    """Declare every parameter on ``node`` and return their coerced values."""
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    values = {}
+    for name, (kind, default) in PARAMETERS.items():
+        node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
+        raw = node.get_parameter(name).value
+        value = default if raw is None else raw
+        values[name] = None if value is None else coerce(name, value, kind)
+    return values
+
+
+def validate(p: Dict[str, object]):
+    """Check ``p`` (filling joint_names / home_joints from the arm); returns the arm's kinematics."""
+    problems = []
+    if not p["checkpoint"]:
+        problems.append("parameter 'checkpoint' is required (a .ckpt written by train.py)")
+    if not 0 < p["control_rate_hz"] <= 1000:
+        problems.append(f"control_rate_hz must be in (0, 1000], got {p['control_rate_hz']}")
+    for name, choices in (("output_mode", OUTPUT_MODES), ("agent_source", AGENT_SOURCES),
+                          ("block_source", BLOCK_SOURCES), ("arm_model", ARM_MODELS)):
+        if p[name] not in choices:
+            problems.append(f"{name} must be one of {choices}, got {p[name]!r}")
+    if len(p["workspace_min_px"]) != 2 or len(p["workspace_max_px"]) != 2 or \
+            not all(a < b for a, b in zip(p["workspace_min_px"], p["workspace_max_px"])):
+        problems.append("workspace_min_px / workspace_max_px must be [x, y] with min < max")
+    for name in ("max_step_px", "max_velocity_px_s", "max_joint_velocity", "stale_factor", "inference_timeout_s"):
+        if not p[name] > 0:
+            problems.append(f"{name} must be > 0, got {p[name]}")
+    arm = make_arm(p["arm_model"]) if p["arm_model"] in ARM_MODELS else None
+    if arm is not None:
+        p["joint_names"] = list(arm.joint_names) if p["joint_names"] is None else p["joint_names"]
+        p["home_joints"] = list(arm.home) if p["home_joints"] is None else p["home_joints"]
+        dof = len(arm.joint_names)
+        if len(p["joint_names"]) != dof:
+            problems.append(f"joint_names must name the {dof} joints of arm_model {p['arm_model']!r}, "
+                            f"got {p['joint_names']}")
+        if len(p["home_joints"]) != dof:
+            problems.append(f"home_joints must have {dof} values for arm_model {p['arm_model']!r}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return arm
