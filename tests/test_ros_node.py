@@ -381,3 +381,48 @@ def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
     assert np.all(local_scores >= 0.99), local_scores  # the seeds are ones this policy solves in-process
     assert np.all(ros_scores >= 0.95), (ros_scores, local_scores)
     assert abs(ros_scores.mean() - local_scores.mean()) <= 0.05, (ros_scores, local_scores)
+
+
+@pytest.fixture(scope="module")
+def image_checkpoint(tmp_path_factory, pusht_zarr):
+    """A tiny image-policy checkpoint (three training steps, as tests/test_image_policy.py makes them)."""
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_image_policy import TINY_RUN
+    from training.config import validate_config
+    from training.workspace import TrainingWorkspace
+
+    run = tmp_path_factory.mktemp("tiny_image_run")
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose(config_name="pusht_image_cpu",
+                      overrides=TINY_RUN + ["training.rollout_every=0", "training.val_every=0"])
+    validate_config(cfg)
+    TrainingWorkspace(cfg, run).run()
+    return run / "checkpoints" / "latest.ckpt"
+
+
+def test_image_policy_closed_loop_over_dds(install, image_checkpoint, tmp_path, processes, ros):
+    """An image policy over DDS: sim_robot publishes rgb8 camera images, the node decodes them
+    (np.frombuffer, no cv_bridge), predicts chunks and drives the sim through the joint trajectory."""
+    from std_msgs.msg import Float64MultiArray, String
+    import yaml
+
+    ns = "/image_loop"
+    preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
+    sim_params = write_params(tmp_path / "sim.yaml", seed=100000, max_steps=300, publish_images=True)
+    policy_params = write_params(tmp_path / "policy.yaml",
+                                 **{**preset, "checkpoint": str(image_checkpoint), "enabled": True})
+    scores, statuses = [], []
+    ros.create_subscription(Float64MultiArray, f"{ns}/sim_robot/score", lambda m: scores.append(list(m.data)), 10)
+    ros.create_subscription(String, f"{ns}/policy_node/status", lambda m: statuses.append(json.loads(m.data)), 10)
+    processes.start(launch_ros_command(install, "sim_robot", "sim_robot", ns, sim_params), node_env(install),
+                    tmp_path / "sim.log")
+    policy = processes.start(launch_ros_command(install, "policy_node", "policy_node", ns, policy_params),
+                             node_env(install), tmp_path / "policy.log")
+    moved = wait_for(lambda: scores and scores[-1][0] >= 30, 90)
+    logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob("*.log")}
+    assert moved, (scores[-1:], statuses[-1:], logs)
+    assert policy.poll() is None, logs
+    status = statuses[-1]
+    assert status["state"] == "running" and status["chunks"] >= 3 and status["ik_failures"] == 0, status
