@@ -15,7 +15,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,9 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  n_workers=args.n_workers, n_test_videos=args.n_test_videos,
                                  n_train_videos=args.n_train_videos)
     runner = PushTRunner(runner_config, policy.config.n_obs_steps, policy.config.n_action_steps)
-    generator = torch.Generator(device=args.device).manual_seed(args.seed)
     started = time.monotonic()
-    result = runner.run(torch_predictor(policy, args.device, generator), video_dir=args.output_dir / "media")
+    # Each episode's sampling noise comes from (seed, episode, chunk) alone: results do not depend on n_envs.
+    result = runner.run(torch_predictor(policy, args.device, episode_seed=args.seed),
+                        video_dir=args.output_dir / "media")
     metrics = result.metrics()
     log = {
         **metrics,

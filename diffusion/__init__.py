@@ -24,6 +24,7 @@ from .losses import (
     vlb_bits_per_dim,
     vlb_term,
 )
+from .noise import randn
 from .sampling import classifier_free_guidance, drop_conditions, sample_loop
 from .schedulers import DDIMScheduler, DDPMScheduler, SchedulerOutput, scheduler_from_dict
 from .schedules import BETA_SCHEDULES, NoiseSchedule, make_betas

@@ -1,6 +1,8 @@
 """Sampling loops over a scheduler, inpainting, and classifier-free guidance (training-time condition dropout)."""
 import torch
 
+from .noise import randn
+
 
 def sample_loop(model, scheduler, shape, num_inference_steps=None, *, generator=None, known=None, mask=None,
                 noise_known=False, **step_kwargs) -> torch.Tensor:
@@ -13,8 +15,7 @@ def sample_loop(model, scheduler, shape, num_inference_steps=None, *, generator=
     """
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
-    device = generator.device if generator is not None else "cpu"
-    sample = torch.randn(shape, generator=generator, device=device) * scheduler.init_noise_sigma
+    sample = randn(shape, generator) * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         if mask is not None:
             sample = torch.where(mask, _known_at(scheduler, known, t, noise_known, generator), sample)
@@ -27,7 +28,7 @@ def _known_at(scheduler, known, t, noise_known, generator):
     """The known values as they should appear at timestep t: clean, or diffused by q(x_t | x_0)."""
     if not noise_known:
         return known
-    noise = torch.randn(known.shape, generator=generator, device=known.device, dtype=known.dtype)
+    noise = randn(known.shape, generator, device=known.device, dtype=known.dtype)
     return scheduler.add_noise(known, noise, t.reshape(1))
 
 

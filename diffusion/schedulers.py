@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .noise import randn
 from .gaussian import PREDICTION_TYPES, VARIANCE_TYPES, dynamic_threshold, q_sample, velocity
 from .schedules import NoiseSchedule, make_betas, transition_coefficients
 
@@ -157,9 +158,8 @@ class _Scheduler:
 
     @staticmethod
     def _noise(sample: torch.Tensor, generator) -> torch.Tensor:
-        """z ~ N(0, I) drawn on the generator's device (as diffusers does), then moved to the sample's."""
-        device = sample.device if generator is None else generator.device
-        return torch.randn(sample.shape, generator=generator, device=device, dtype=sample.dtype).to(sample.device)
+        """z ~ N(0, I) from the generator (or one generator per row), on the sample's device."""
+        return randn(sample.shape, generator, device=sample.device, dtype=sample.dtype)
 
     def add_noise(self, original_samples, noise, timesteps) -> torch.Tensor:
         """Forward process x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε at per-sample training timesteps."""

@@ -73,7 +73,8 @@ class EvaluationResult:
 
 
 class PushTRunner:
-    """Runs ``predict(stacked_obs) -> (B, n_action_steps, 2)`` on the configured episodes."""
+    """Runs ``predict(stacked_obs, keys) -> (B, n_action_steps, 2)`` on the configured episodes; row i's
+    key is ``((split 0=train 1=test, env seed), chunk index)`` (see ``torch_predictor(episode_seed=)``)."""
 
     def __init__(self, config: RunnerConfig, n_obs_steps: int, n_action_steps: int) -> None:
         self.config = config
@@ -124,7 +125,9 @@ class PushTRunner:
         active = [s for s in active if s not in failed]
         executor = RecedingHorizonExecutor(predict, self.n_obs_steps, self.n_action_steps)
         if active:
-            executor.reset(stack_observations([observations[s] for s in active]))
+            split_index = {"train": 0, "test": 1}
+            executor.reset(stack_observations([observations[s] for s in active]),
+                           episode_keys=[(split_index[wave[s][0]], wave[s][1]) for s in active])
         for step in range(self.config.max_steps):
             if not active:
                 break

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datasets.normalizer import LinearNormalizer
+from diffusion.noise import Generators, randn
 from diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from policy.obs_encoders import build_obs_encoder
 from policy.unet1d import ConditionalUnet1D
@@ -176,17 +177,18 @@ class DiffusionUnetPolicy(nn.Module):
 
     # --- inference ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample_actions(self, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Run the reverse chain from A^K ~ N(0, I); returns normalized (B, T, Da)."""
+    def sample_actions(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """Run the reverse chain from A^K ~ N(0, I); returns normalized (B, T, Da). ``generator``: one,
+        or one per row (then a row's sample does not depend on the rest of the batch)."""
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
-        sample = torch.randn(shape, generator=generator, device=cond.device)
+        sample = randn(shape, generator, device=cond.device)
         scheduler = self.inference_scheduler
         for t in scheduler.timesteps:
             sample = scheduler.step(self.model(sample, t, cond), t, sample, generator=generator).prev_sample
         return sample
 
     @torch.no_grad()
-    def predict_action(self, obs: dict, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def predict_action(self, obs: dict, generator: Generators = None) -> dict[str, torch.Tensor]:
         """``obs``: ``{"obs": (B, To, D)}`` (low-dim) or ``{"image": (B, To, 3, H, W), "agent_pos": (B, To, 2)}``.
 
         Returns ``{"action": (B, n_action_steps, Da), "action_pred": (B, horizon, Da)}`` in env units.

@@ -44,42 +44,70 @@ class RecedingHorizonExecutor:
     """Turns a chunk-predicting policy into a per-step controller for B episodes in lockstep.
 
     ``act(obs)`` records the newest observation and returns (B, action_dim) actions, calling
-    ``predict(stacked_obs) -> (B, n_action_steps, action_dim)`` every n_action_steps steps.
+    ``predict(stacked_obs) -> (B, n_action_steps, action_dim)`` every n_action_steps steps; after
+    ``reset(obs, episode_keys)`` it calls ``predict(stacked_obs, keys)`` with one key per row,
+    ``(episode_key, chunk_index)``, so a predictor can draw each episode's noise on its own.
     """
 
-    def __init__(self, predict: Callable[[dict[str, np.ndarray]], np.ndarray], n_obs_steps: int,
-                 n_action_steps: int) -> None:
+    def __init__(self, predict: Callable[..., np.ndarray], n_obs_steps: int, n_action_steps: int) -> None:
         self.predict = predict
         self.n_action_steps = n_action_steps
         self.history = ObservationHistory(n_obs_steps)
         self.queue: deque[np.ndarray] = deque()
         self.chunks_predicted = 0
+        self.episode_keys: list | None = None
 
-    def reset(self, first_obs: dict[str, np.ndarray]) -> None:
+    def reset(self, first_obs: dict[str, np.ndarray], episode_keys: list | None = None) -> None:
         self.history.reset(first_obs)
         self.queue.clear()
+        self.chunks_predicted = 0
+        self.episode_keys = None if episode_keys is None else list(episode_keys)
 
     def select(self, rows: list[int]) -> None:
         """Continue with the episodes at ``rows`` only (the others ended)."""
         self.history.select(rows)
         self.queue = deque(actions[rows] for actions in self.queue)
+        if self.episode_keys is not None:
+            self.episode_keys = [self.episode_keys[r] for r in rows]
 
     def act(self, obs: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Append ``obs`` (None right after ``reset``) and return the next actions, replanning if needed."""
         if obs is not None:
             self.history.append(obs)
         if not self.queue:
-            chunk = np.asarray(self.predict(self.history.stacked()))
+            stacked = self.history.stacked()
+            if self.episode_keys is None:
+                chunk = np.asarray(self.predict(stacked))
+            else:
+                chunk = np.asarray(self.predict(stacked, [(key, self.chunks_predicted) for key in self.episode_keys]))
             self.chunks_predicted += 1
             self.queue.extend(chunk[:, i] for i in range(min(self.n_action_steps, chunk.shape[1])))
         return self.queue.popleft()
 
 
-def torch_predictor(policy, device: torch.device | str = "cpu", generator: torch.Generator | None = None):
-    """Adapt ``policy.predict_action`` (torch, batched dict) to the executor's NumPy interface."""
+def _flatten(key) -> list[int]:
+    return [v for item in key for v in _flatten(item)] if isinstance(key, (tuple, list)) else [int(key)]
 
-    def predict(stacked_obs: dict[str, np.ndarray]) -> np.ndarray:
+
+def key_seed(seed: int, key) -> int:
+    """A 63-bit generator seed from ``seed`` and a (nested) tuple of non-negative ints, stable across runs."""
+    state = np.random.SeedSequence([int(seed), *_flatten(key)]).generate_state(2, dtype=np.uint64)
+    return int(state[0] ^ (state[1] >> np.uint64(1))) & (2**63 - 1)
+
+
+def torch_predictor(policy, device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+                    episode_seed: int | None = None):
+    """Adapt ``policy.predict_action`` (torch, batched dict) to the executor's NumPy interface.
+
+    With ``episode_seed``, rows that come with keys draw their noise from generators seeded by
+    ``key_seed(episode_seed, key)``: an episode's actions then do not depend on which episodes share
+    its batch (the evaluation's n_envs), and a re-run episode repeats exactly."""
+
+    def predict(stacked_obs: dict[str, np.ndarray], keys: list | None = None) -> np.ndarray:
         obs = {key: torch.as_tensor(value, dtype=torch.float32, device=device) for key, value in stacked_obs.items()}
-        return policy.predict_action(obs, generator=generator)["action"].cpu().numpy()
+        noise = generator
+        if episode_seed is not None and keys is not None:
+            noise = [torch.Generator(device=device).manual_seed(key_seed(episode_seed, key)) for key in keys]
+        return policy.predict_action(obs, generator=noise)["action"].cpu().numpy()
 
     return predict

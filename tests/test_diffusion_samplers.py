@@ -181,3 +181,26 @@ def test_ema_averages_trainable_and_copies_the_rest():
     restored.load_state_dict(ema.state_dict())
     assert restored.optimization_step == 4 and restored.decay == ema.decay
     torch.testing.assert_close(restored.averaged_model.state_dict(), ema.averaged_model.state_dict())
+
+
+def test_per_row_generators_make_each_row_independent_of_the_batch():
+    from diffusion import randn
+
+    rows = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
+    batch = randn((3, 4, 2), rows)
+    for i, seed in enumerate((1, 2, 3)):
+        torch.testing.assert_close(batch[i:i + 1], torch.randn((1, 4, 2), generator=torch.Generator().manual_seed(seed)))
+    with pytest.raises(ValueError, match="one per row"):
+        randn((2, 4), rows)
+    # A whole DDPM chain (noise at every step) run on rows 0 and 2 only gives the same rows.
+    scheduler = DDPMScheduler(num_train_timesteps=20)
+    scheduler.set_timesteps(20)
+
+    def chain(seeds):
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        sample = randn((len(seeds), 4, 2), generators)
+        for t in scheduler.timesteps:
+            sample = scheduler.step(0.1 * sample, t, sample, generator=generators).prev_sample
+        return sample
+
+    torch.testing.assert_close(chain([1, 2, 3])[[0, 2]], chain([1, 3]), rtol=0, atol=0)

@@ -197,8 +197,8 @@ class TrainingWorkspace:
     def _rollout(self, logger: RunLogger) -> dict:
         policy = self.ema.averaged_model
         video_dir = self.output_dir / "media" / f"epoch_{self.epoch:04d}"
-        generator = torch.Generator(device=self.device).manual_seed(self.cfg.training.seed)
-        result = self._runner().run(torch_predictor(policy, self.device, generator), video_dir=video_dir,
+        predict = torch_predictor(policy, self.device, episode_seed=self.cfg.training.seed)
+        result = self._runner().run(predict, video_dir=video_dir,
                                     progress=self.cfg.training.progress)
         metrics = result.metrics()
         metrics["test_mean_score"] = metrics["test/mean_score"]
