@@ -164,17 +164,40 @@ class _RawBatches(Dataset):
         return self.dataset.raw_batch(self.dataset._window_ids(window_ids))
 
 
+class _SkippableBatches:
+    """A batch sampler whose next pass can skip its first k batches without gathering them."""
+
+    def __init__(self, batch_sampler) -> None:
+        self.batch_sampler, self.skip = batch_sampler, 0
+
+    def __iter__(self):
+        skip, self.skip = self.skip, 0
+        for i, indices in enumerate(self.batch_sampler):
+            if i >= skip:
+                yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
 class BatchLoader:
-    """Iterable of training batches: workers gather storage-dtype batches, this process finalizes them."""
+    """Iterable of training batches: workers gather storage-dtype batches, this process finalizes them.
+    ``skip_next(k)`` makes the next pass start at batch k of its order (exact mid-epoch resume)."""
 
     def __init__(self, dataset: _PushTWindowDataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
                  drop_last: bool = False, device: torch.device | str | None = None,
                  generator: torch.Generator | None = None):
         order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
         self.dataset, self.device = dataset, device
-        self.loader = DataLoader(_RawBatches(dataset), batch_size=None,
-                                 sampler=BatchSampler(order, batch_size, drop_last),
-                                 num_workers=num_workers, persistent_workers=num_workers > 0)
+        self.batches = _SkippableBatches(BatchSampler(order, batch_size, drop_last))
+        # A private generator for the DataLoader's per-pass base seed: otherwise every pass draws from
+        # the global torch RNG, which training checkpoints save, and resumed runs would drift.
+        self.loader = DataLoader(_RawBatches(dataset), batch_size=None, sampler=self.batches,
+                                 num_workers=num_workers, persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(0))
+
+    def skip_next(self, n_batches: int) -> None:
+        self.batches.skip = n_batches
 
     def __len__(self) -> int:
         return len(self.loader)

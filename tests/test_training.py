@@ -52,9 +52,15 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
 
     resumed = tmp_path / "resumed"
     steps_per_epoch = metrics["global_step"] // 2
-    # Interrupted after the first epoch, then continued (resume=true picks up latest.ckpt).
-    TrainingWorkspace(tiny_config("training.num_epochs=2", f"training.max_train_steps={steps_per_epoch}"), resumed).run()
-    TrainingWorkspace(tiny_config("training.num_epochs=2"), resumed).run()
+    assert steps_per_epoch >= 2
+    # Interrupted one step into the second epoch, then continued (resume=true picks up latest.ckpt):
+    # the rest of that epoch is trained in the same order, so the weights equal the straight run's.
+    stopped = TrainingWorkspace(tiny_config("training.num_epochs=2", f"training.max_train_steps={steps_per_epoch + 1}"),
+                                resumed).run()
+    assert stopped["epoch"] == 1 and stopped["global_step"] == steps_per_epoch + 1
+    finished = TrainingWorkspace(tiny_config("training.num_epochs=2"), resumed).run()
+    assert finished["epoch"] == 2 and finished["global_step"] == 2 * steps_per_epoch
+    assert finished["cpu_minutes"] > stopped["cpu_minutes"]  # CPU time adds up over resumed runs
     a, b = weights(straight / "checkpoints" / "latest.ckpt"), weights(resumed / "checkpoints" / "latest.ckpt")
     assert a.keys() == b.keys()
     for key in a:

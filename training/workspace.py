@@ -99,6 +99,10 @@ class TrainingWorkspace:
                 "epoch": self.epoch, "global_step": self.global_step,
                 "ema_step": self.ema.optimization_step, "ema_decay": self.ema.decay,
                 "torch_rng": torch.get_rng_state(), "loader_rng": self.loader_generator.get_state(),
+                # A stop inside an epoch: its order is redrawn from the epoch's start state and the
+                # batches already trained on are skipped, so the resumed run equals a straight one.
+                "batch_in_epoch": self.batch_in_epoch, "epoch_loader_rng": self.epoch_loader_rng,
+                "cpu_minutes": self.cpu_minutes(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "topk": self.topk.state(),
             },
@@ -127,8 +131,17 @@ class TrainingWorkspace:
         if self.device.type == "cuda" and position.get("cuda_rng"):
             torch.cuda.set_rng_state_all(position["cuda_rng"])
         self.loader_generator.set_state(position["loader_rng"])
+        self.batch_in_epoch = position.get("batch_in_epoch", 0)
+        if self.batch_in_epoch:
+            self.loader_generator.set_state(position["epoch_loader_rng"])
+        self.cpu_minutes_before = position.get("cpu_minutes", 0.0)
         self.topk.load_state(position["topk"])
-        print(f"resumed {path} at epoch {self.epoch}, step {self.global_step}")
+        print(f"resumed {path} at epoch {self.epoch}, step {self.global_step}"
+              + (f" (batch {self.batch_in_epoch} of the epoch)" if self.batch_in_epoch else ""))
+
+    def cpu_minutes(self) -> float:
+        """CPU time of this process's training so far, summed over resumed runs."""
+        return self.cpu_minutes_before + (time.process_time() - self.cpu_started) / 60
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> dict:
@@ -148,14 +161,18 @@ class TrainingWorkspace:
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
         self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor)
         latest = self.checkpoint_dir / "latest.ckpt"
+        self.batch_in_epoch, self.epoch_loader_rng, self.cpu_minutes_before = 0, None, 0.0
+        started, self.cpu_started = time.monotonic(), time.process_time()
         if tc.resume and latest.exists():
             self._resume(latest)
         logger = RunLogger(self.output_dir, cfg)
         metrics: dict = {}
-        started, cpu_started = time.monotonic(), time.process_time()
         while self.epoch < tc.num_epochs and (not tc.max_train_steps or self.global_step < tc.max_train_steps):
             epoch_losses = []
-            bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress)
+            self.epoch_loader_rng = self.loader_generator.get_state()  # this epoch's order is drawn from here
+            loader.skip_next(self.batch_in_epoch)
+            bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress,
+                       initial=self.batch_in_epoch, total=len(loader))
             for batch in bar:
                 loss = self.policy.compute_loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -164,6 +181,7 @@ class TrainingWorkspace:
                 self.lr_scheduler.step()
                 self.ema.step(self.policy)
                 self.global_step += 1
+                self.batch_in_epoch += 1
                 epoch_losses.append(loss.item())
                 bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
                 logger.log({"train_loss": epoch_losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
@@ -171,10 +189,11 @@ class TrainingWorkspace:
                            every=tc.log_every)
                 if tc.max_train_steps and self.global_step >= tc.max_train_steps:
                     break
-            self.epoch += 1
+            if self.batch_in_epoch >= len(loader):
+                self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
                        "global_step": self.global_step, "wall_minutes": (time.monotonic() - started) / 60,
-                       "cpu_minutes": (time.process_time() - cpu_started) / 60}
+                       "cpu_minutes": self.cpu_minutes()}
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
                 metrics["val_loss"] = self._validation_loss(val_dataset)
