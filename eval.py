@@ -16,7 +16,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.")
     parser.add_argument("--checkpoint", required=True, type=Path)

@@ -10,8 +10,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .noise import randn
 from .gaussian import PREDICTION_TYPES, VARIANCE_TYPES, dynamic_threshold, q_sample, velocity
+from .noise import randn
 from .schedules import NoiseSchedule, make_betas, transition_coefficients
 
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")

@@ -44,9 +44,10 @@ class RecedingHorizonExecutor:
     """Turns a chunk-predicting policy into a per-step controller for B episodes in lockstep.
 
     ``act(obs)`` records the newest observation and returns (B, action_dim) actions, calling
-    ``predict(stacked_obs) -> (B, n_action_steps, action_dim)`` every n_action_steps steps; after
-    ``reset(obs, episode_keys)`` it calls ``predict(stacked_obs, keys)`` with one key per row,
-    ``(episode_key, chunk_index)``, so a predictor can draw each episode's noise on its own.
+    ``predict(stacked_obs) -> (B, n_action_steps, action_dim)`` every n_action_steps steps. A predictor
+    with ``accepts_episode_keys = True`` (``torch_predictor``) is called ``predict(stacked_obs, keys)``
+    after ``reset(obs, episode_keys)``, one key per row, ``(episode_key, chunk_index)``, so it can draw
+    each episode's noise on its own.
     """
 
     def __init__(self, predict: Callable[..., np.ndarray], n_obs_steps: int, n_action_steps: int) -> None:
@@ -76,7 +77,7 @@ class RecedingHorizonExecutor:
             self.history.append(obs)
         if not self.queue:
             stacked = self.history.stacked()
-            if self.episode_keys is None:
+            if self.episode_keys is None or not getattr(self.predict, "accepts_episode_keys", False):
                 chunk = np.asarray(self.predict(stacked))
             else:
                 chunk = np.asarray(self.predict(stacked, [(key, self.chunks_predicted) for key in self.episode_keys]))
@@ -90,8 +91,9 @@ def _flatten(key) -> list[int]:
 
 
 def key_seed(seed: int, key) -> int:
-    """A 63-bit generator seed from ``seed`` and a (nested) tuple of non-negative ints, stable across runs."""
-    state = np.random.SeedSequence([int(seed), *_flatten(key)]).generate_state(2, dtype=np.uint64)
+    """A 63-bit generator seed from ``seed`` and a (nested) tuple of ints, stable across runs."""
+    entropy = [v % 2**64 for v in (int(seed), *_flatten(key))]  # SeedSequence takes non-negative ints
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)
     return int(state[0] ^ (state[1] >> np.uint64(1))) & (2**63 - 1)
 
 
@@ -106,8 +108,12 @@ def torch_predictor(policy, device: torch.device | str = "cpu", generator: torch
     def predict(stacked_obs: dict[str, np.ndarray], keys: list | None = None) -> np.ndarray:
         obs = {key: torch.as_tensor(value, dtype=torch.float32, device=device) for key, value in stacked_obs.items()}
         noise = generator
-        if episode_seed is not None and keys is not None:
+        if episode_seed is not None:
+            if keys is None:
+                raise ValueError("torch_predictor(episode_seed=...) needs episode keys: "
+                                 "reset the executor with episode_keys (PushTRunner does)")
             noise = [torch.Generator(device=device).manual_seed(key_seed(episode_seed, key)) for key in keys]
         return policy.predict_action(obs, generator=noise)["action"].cpu().numpy()
 
+    predict.accepts_episode_keys = True
     return predict

@@ -237,7 +237,7 @@ def test_camera_images_are_resized_like_the_simulator_renders_them():
                               data=np.ascontiguousarray(data).tobytes())
         decoded = image_from_msg(msg, 96)
         assert decoded.shape == (3, 96, 96) and decoded.dtype == np.float32
-        assert np.abs(decoded * 255 - observation).max() <= 1.0  # float rounding of the same taps
+        np.testing.assert_array_equal(np.rint(decoded * 255), observation)
     with pytest.raises(ValueError, match="encoding"):
         image_from_msg(SimpleNamespace(encoding="mono8", height=1, width=1, step=1, data=b"\0"), 96)
     with pytest.raises(ValueError, match="too short"):
@@ -258,3 +258,7 @@ def test_parameters_validate_per_arm():
         validate(dict(base, checkpoint="x.ckpt", arm_model="kuka"))
     with pytest.raises(ConfigError, match="checkpoint"):
         validate(dict(base))
+    with pytest.raises(ConfigError, match="renamed: set arm_model: ur5"):  # an old params file fails loudly
+        validate(dict(base, checkpoint="x.ckpt", ur_model="ur5"))
+    # Cartesian output drives any arm: its joint names are not checked against arm_model.
+    validate(dict(base, checkpoint="x.ckpt", output_mode="pose", joint_names=[f"j{i}" for i in range(7)]))

@@ -7,7 +7,7 @@ from evaluation.runner import EpisodeResult, EvaluationResult, PushTRunner, Runn
 from evaluation.vector_env import WorkerEnvPool
 
 
-def hold_still(stacked, keys=None):
+def hold_still(stacked):
     """Target = the agent's current position: nothing moves, so the score is the initial coverage."""
     agent = stacked["obs"][:, -1, 18:20]
     return np.repeat(agent[:, None, :], 8, axis=1)

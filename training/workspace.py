@@ -102,7 +102,8 @@ class TrainingWorkspace:
                 # A stop inside an epoch: its order is redrawn from the epoch's start state and the
                 # batches already trained on are skipped, so the resumed run equals a straight one.
                 "batch_in_epoch": self.batch_in_epoch, "epoch_loader_rng": self.epoch_loader_rng,
-                "cpu_minutes": self.cpu_minutes(),
+                "cpu_minutes": self.cpu_minutes(), "wall_minutes": self.wall_minutes(),
+                "batches_per_epoch": self.batches_per_epoch,
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "topk": self.topk.state(),
             },
@@ -133,8 +134,13 @@ class TrainingWorkspace:
         self.loader_generator.set_state(position["loader_rng"])
         self.batch_in_epoch = position.get("batch_in_epoch", 0)
         if self.batch_in_epoch:
+            if position["batches_per_epoch"] != self.batches_per_epoch:
+                raise CheckpointError(f"{path} stopped inside an epoch of {position['batches_per_epoch']} batches, "
+                                      f"this config makes {self.batches_per_epoch}: resume with the same "
+                                      "training.batch_size and dataset, or start a new output dir")
             self.loader_generator.set_state(position["epoch_loader_rng"])
         self.cpu_minutes_before = position.get("cpu_minutes", 0.0)
+        self.wall_minutes_before = position.get("wall_minutes", 0.0)
         self.topk.load_state(position["topk"])
         print(f"resumed {path} at epoch {self.epoch}, step {self.global_step}"
               + (f" (batch {self.batch_in_epoch} of the epoch)" if self.batch_in_epoch else ""))
@@ -142,6 +148,9 @@ class TrainingWorkspace:
     def cpu_minutes(self) -> float:
         """CPU time of this process's training so far, summed over resumed runs."""
         return self.cpu_minutes_before + (time.process_time() - self.cpu_started) / 60
+
+    def wall_minutes(self) -> float:
+        return self.wall_minutes_before + (time.monotonic() - self.wall_started) / 60
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> dict:
@@ -161,8 +170,9 @@ class TrainingWorkspace:
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
         self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor)
         latest = self.checkpoint_dir / "latest.ckpt"
-        self.batch_in_epoch, self.epoch_loader_rng, self.cpu_minutes_before = 0, None, 0.0
-        started, self.cpu_started = time.monotonic(), time.process_time()
+        self.batch_in_epoch, self.epoch_loader_rng, self.batches_per_epoch = 0, None, len(loader)
+        self.cpu_minutes_before = self.wall_minutes_before = 0.0
+        self.wall_started, self.cpu_started = time.monotonic(), time.process_time()
         if tc.resume and latest.exists():
             self._resume(latest)
         logger = RunLogger(self.output_dir, cfg)
@@ -187,12 +197,14 @@ class TrainingWorkspace:
                 logger.log({"train_loss": epoch_losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
                             "global_step": self.global_step, "epoch": self.epoch}, self.global_step,
                            every=tc.log_every)
-                if tc.max_train_steps and self.global_step >= tc.max_train_steps:
+                # Stop early, except after an epoch's last batch: the loop then ends by itself and leaves
+                # the sampler's generator where a straight run has it.
+                if tc.max_train_steps and self.global_step >= tc.max_train_steps and self.batch_in_epoch < len(loader):
                     break
             if self.batch_in_epoch >= len(loader):
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
-                       "global_step": self.global_step, "wall_minutes": (time.monotonic() - started) / 60,
+                       "global_step": self.global_step, "wall_minutes": self.wall_minutes(),
                        "cpu_minutes": self.cpu_minutes()}
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
@@ -227,7 +239,11 @@ class TrainingWorkspace:
     def _save(self, metrics: dict) -> None:
         """Top-k bookkeeping first, so that ``latest.ckpt`` records the list it belongs to."""
         score = metrics.get(self.cfg.checkpoint.monitor)
-        admitted, dropped = self.topk.admit(score, self.epoch) if score is not None else (None, [])
+        # A stop inside an epoch writes latest.ckpt only: top-k names checkpoints by finished epochs.
+        if score is None or self.batch_in_epoch:
+            admitted, dropped = None, []
+        else:
+            admitted, dropped = self.topk.admit(score, self.epoch)
         payload = self._payload(metrics)
         if admitted is not None:
             save_checkpoint(payload, admitted)

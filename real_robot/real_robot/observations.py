@@ -6,8 +6,6 @@ from typing import Sequence
 
 import numpy as np
 
-from envs.geometry import block_keypoints
-from envs.render import linear_resize_taps
 from real_robot.kinematics import PlanarCalibration, yaw_of_quaternion
 
 
@@ -35,6 +33,8 @@ def keypoints_from_array(msg) -> np.ndarray:
 
 def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
     """Block keypoints from the block's table-frame pose (position + yaw)."""
+    from envs.geometry import block_keypoints  # the simulator package, imported only where needed
+
     q = msg.pose.orientation
     xy = calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
     theta = calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))
@@ -42,14 +42,19 @@ def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
 
 
 def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) uint8 -> (size, size, C) float32 in [0, 255], with OpenCV's INTER_LINEAR
-    convention (source coordinate s = (d + ½)·src/dst − ½), the resize the simulator applies to
-    its training images: out = Σ_ij wy_i wx_j img[y_i, x_j]."""
+    """(H, W, C) uint8 -> (size, size, C) float64 in [0, 255] with the simulator's resize (OpenCV's
+    INTER_LINEAR convention, source coordinate s = (d + ½)·src/dst − ½), in its order: rows of
+    horizontal taps, then the vertical blend, out = Σ_i wy_i Σ_j wx_j img[y_i, x_j]. A non-square
+    camera image is stretched to a square: calibrate the camera crop to the table square."""
+    from envs.render import linear_resize_taps
+
     rows, row_w0, row_w1 = linear_resize_taps(image.shape[0], size)
     cols, col_w0, col_w1 = linear_resize_taps(image.shape[1], size)
-    pixels = image.astype(np.float32)
-    vertical = row_w0[:, None, None] * pixels[rows[:, 0]] + row_w1[:, None, None] * pixels[rows[:, 1]]
-    return col_w0[None, :, None] * vertical[:, cols[:, 0]] + col_w1[None, :, None] * vertical[:, cols[:, 1]]
+    pixels = image.astype(np.float64)
+    horizontal = (col_w0.astype(np.float64)[None, :, None] * pixels[:, cols[:, 0]]
+                  + col_w1.astype(np.float64)[None, :, None] * pixels[:, cols[:, 1]])
+    return (row_w0.astype(np.float64)[:, None, None] * horizontal[rows[:, 0]]
+            + row_w1.astype(np.float64)[:, None, None] * horizontal[rows[:, 1]])
 
 
 def image_from_msg(msg, size: int) -> np.ndarray:

@@ -23,6 +23,7 @@ PARAMETERS = {
     "output_mode": ("str", "joint_trajectory"),
     "command_topic": ("str", "/scaled_joint_trajectory_controller/joint_trajectory"),
     "arm_model": ("str", "ur5e"),
+    "ur_model": ("str", None),   # renamed to arm_model; still declared so an old params file fails loudly
     "joint_names": ("str_list", None),
     "home_joints": ("float_list", None),
     "agent_source": ("str", "pose"),
@@ -80,15 +81,19 @@ def validate(p: Dict[str, object]):
     for name in ("max_step_px", "max_velocity_px_s", "max_joint_velocity", "stale_factor", "inference_timeout_s"):
         if not p[name] > 0:
             problems.append(f"{name} must be > 0, got {p[name]}")
+    if p["ur_model"] is not None:
+        problems.append(f"parameter 'ur_model' was renamed: set arm_model: {p['ur_model']} (ur5 | ur5e | fr3) instead")
     arm = make_arm(p["arm_model"]) if p["arm_model"] in ARM_MODELS else None
+    # Joint names and home only matter where joints are commanded or measured (pose output drives any arm).
+    needs_joints = p["output_mode"] in ("joint_trajectory", "float_array") or p["agent_source"] == "joint_states"
     if arm is not None:
         p["joint_names"] = list(arm.joint_names) if p["joint_names"] is None else p["joint_names"]
         p["home_joints"] = list(arm.home) if p["home_joints"] is None else p["home_joints"]
         dof = len(arm.joint_names)
-        if len(p["joint_names"]) != dof:
+        if needs_joints and len(p["joint_names"]) != dof:
             problems.append(f"joint_names must name the {dof} joints of arm_model {p['arm_model']!r}, "
-                            f"got {p['joint_names']}")
-        if len(p["home_joints"]) != dof:
+                            f"got {p['joint_names']} (output_mode: pose drives other arms)")
+        if needs_joints and len(p["home_joints"]) != dof:
             problems.append(f"home_joints must have {dof} values for arm_model {p['arm_model']!r}")
     if problems:
         raise ConfigError("; ".join(problems))

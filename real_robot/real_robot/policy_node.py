@@ -35,10 +35,11 @@ from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
     agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
 )
-from real_robot.params import RUNTIME_PARAMETERS, ConfigError, read_parameters, validate
+from real_robot.params import ConfigError, read_parameters, validate
+from real_robot.safety import SafetySwitches
 
 
-class PolicyNode:
+class PolicyNode(SafetySwitches):
     """Owns the rclpy node; built by ``main`` (and by the benchmark in-process)."""
 
     def __init__(self, node_name: str = "policy_node", policy=None) -> None:
@@ -297,7 +298,16 @@ class PolicyNode:
                 self.node.get_logger().error("policy returned non-finite actions; chunk dropped")
                 return
             timed, report = self.schedule.schedule(actions, t_obs, now)
-            self._clamp(timed, now)
+            ik_start = self._clamp_pixels(timed, now)
+        # IK (up to a few ms a point for the FR3) runs without the lock: the control tick goes on.
+        cut = ik_start is not None and attach_joints(timed, self.arm, self.calibration, *ik_start, self.dt,
+                                                      self.p["max_joint_velocity"])
+        with self.lock:
+            if generation != self.generation:
+                return
+            self.stats["ik_failures"] += int(cut)
+            if timed and timed[-1].joints is not None:
+                self.last_joints = timed[-1].joints
             self.schedule.commit(timed)
             self.chunk_obs_time = t_obs
             self.stats["chunks"] += 1
@@ -305,11 +315,13 @@ class PolicyNode:
             self.stats["stale_chunks"] += int(report.all_stale)
             if report.handed_over_on_time is not None:
                 self.stats["on_time" if report.handed_over_on_time else "late"] += 1
-            self.chunk_pub.publish(self.commands.chunk(actions, self.node.get_clock().now().to_msg()))
-            self.chunk_px_pub.publish(self.commands.float_array(actions))
+        self.chunk_pub.publish(self.commands.chunk(actions, self.node.get_clock().now().to_msg()))
+        self.chunk_px_pub.publish(self.commands.float_array(actions))
 
-    def _clamp(self, timed, now: float) -> None:
-        """Workspace / per-step clamps in pixels, then IK with a joint-speed check (truncates)."""
+    def _clamp_pixels(self, timed, now: float):
+        """Workspace / per-step clamps in pixels (in place). For joint outputs, returns where IK starts:
+        (seed, check_speed, previous_time); the seed is the previous planned point, else the measured
+        joints, else the last command; home_joints only pick the branch (no speed check against them)."""
         p = self.p
         previous = self.schedule.last_before(timed[0].time)
         start = previous.pixels if previous is not None else self.agent_px
@@ -320,9 +332,7 @@ class PolicyNode:
         for planned, pixels in zip(timed, clamped):
             planned.pixels = pixels
         if p["output_mode"] == "pose":
-            return
-        # IK seed: the previous planned point, else the measured joints, else the last command;
-        # home_joints only pick the branch (no speed check against them: the arm may be elsewhere).
+            return None
         seed = previous.joints if previous is not None and previous.joints is not None else None
         if seed is None:
             seed = self.latest.get("joints", (None,))[0]
@@ -330,64 +340,9 @@ class PolicyNode:
             seed = self.last_joints
         check = seed is not None
         seed = np.asarray(p["home_joints"]) if seed is None else seed
-        previous_time = previous.time if previous is not None else now
-        if attach_joints(timed, self.arm, self.calibration, seed, check, previous_time, self.dt,
-                         p["max_joint_velocity"]):
-            self.stats["ik_failures"] += 1
-        if timed:
-            self.last_joints = timed[-1].joints
+        return seed, check, previous.time if previous is not None else now
 
-    # --- services & status ----------------------------------------------------------------
-    def _on_parameters(self, parameters):
-        """``ros2 param set`` of ``enabled`` switches like ``~/enable``; the rest need a restart."""
-        from rcl_interfaces.msg import SetParametersResult
-
-        for parameter in parameters:
-            if parameter.name not in RUNTIME_PARAMETERS:
-                return SetParametersResult(successful=False,
-                                           reason=f"{parameter.name} is read at start-up only; restart the node")
-            if not isinstance(parameter.value, bool):
-                return SetParametersResult(successful=False, reason="enabled must be true or false")
-            with self.lock:
-                if parameter.value and self.estopped:
-                    return SetParametersResult(successful=False, reason="e-stop latched; call ~/reset_estop first")
-                if self.enabled and not parameter.value:
-                    self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
-                if self.enabled != parameter.value:
-                    self.node.get_logger().info("enabled" if parameter.value else "disabled (dry run)")
-                self.enabled = parameter.value
-        return SetParametersResult(successful=True)
-
-    def _set_enabled_parameter(self, value: bool):
-        from rclpy.parameter import Parameter
-
-        return self.node.set_parameters([Parameter("enabled", value=value)])[0]
-
-    def _on_enable(self, request, response):
-        result = self._set_enabled_parameter(bool(request.data))  # the parameter always shows the state
-        response.success = result.successful
-        response.message = result.reason or ("enabled" if self.enabled else "disabled (dry run)")
-        return response
-
-    def _on_estop(self, request, response):
-        with self.lock:
-            if not self.estopped:
-                self._hold("e-stop", force=True)
-            self.estopped = True
-            self.enabled = False
-            self.state = "estop"
-        self._set_enabled_parameter(False)
-        response.success, response.message = True, "e-stop latched; commands stopped"
-        self.node.get_logger().error(response.message)
-        return response
-
-    def _on_reset_estop(self, request, response):
-        with self.lock:
-            self.estopped = False
-            self.holding = False
-        response.success, response.message = True, "e-stop reset; node is disabled until ~/enable"
-        return response
-
+    # --- status ---------------------------------------------------------------------------
     def _publish_status(self, now: float) -> None:
         status = dict(state=self.state, enabled=self.enabled, estop=self.estopped, time=now,
                       latency_estimate=self.latency_estimate, pending=len(self.schedule.pending(now)),

@@ -2,16 +2,18 @@
 
 Every control period it executes the command due now, steps ``envs.pusht_env.PushTEnv`` and
 publishes the agent pose (``agent_pose``, PoseStamped, table frame), the block pose
-(``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), UR joint states
-(``joint_states``, IK of the tool over the agent for ``arm_model``: ur5 | ur5e | fr3), an optional camera image (``image``, rgb8)
-and ``~/score`` (Float64MultiArray: step, reward, max reward, coverage, done).
+(``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), joint states
+(``joint_states``: IK of the tool over the agent for ``arm_model`` ur5 | ur5e | fr3), an optional
+camera image (``image``, rgb8) and ``~/score`` (Float64MultiArray: step, reward, max reward,
+coverage, done).
 
 Commands: ``command_pose`` (PoseStamped; executed at its header stamp, 0 = now) and
 ``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start). As a
 JointTrajectoryController does, a new trajectory replaces the old one and is followed by linear
 interpolation from the position commanded at its receipt, so a stream of trajectories whose first
-point always lies ahead still moves the arm (FK → pixels; each tick executes the position the
-trajectory has at the tick's time).
+point always lies ahead still moves the arm. The points are mapped to pixels by FK and interpolated
+there (for the table-plane motions of Push-T, joint-space interpolation between points 0.1 s apart
+differs by well under a pixel); each tick executes the position the trajectory has at that time.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ PARAMETERS = {
     "table_height": ("float", 0.15),
     "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
     "arm_model": ("str", "ur5e"),
+    "ur_model": ("str", None),             # renamed to arm_model: refused with a clear error
     "home_joints": ("float_list", None),   # None: the arm's home
     "frame_id": ("str", "base"),
     "auto_reset": ("bool", False),
@@ -58,6 +61,8 @@ class SimRobot:
             value = node.get_parameter(name).value
             p[name] = None if value is None else coerce(name, value, kind)
         self.p = p
+        if p["ur_model"] is not None:
+            raise ValueError(f"parameter 'ur_model' was renamed: set arm_model: {p['ur_model']} instead")
         self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
         self.arm = make_arm(p["arm_model"])
         self.env = PushTEnv(obs_type="image" if p["publish_images"] else "keypoints", obs_image_size=p["image_size"])
@@ -97,9 +102,13 @@ class SimRobot:
     def _on_trajectory(self, msg) -> None:
         received = self.now()
         names = list(msg.joint_names)
-        if not set(self.arm.joint_names) <= set(names):
-            self.node.get_logger().warning(f"trajectory ignored: joint_names {names} lack {self.arm.joint_names}",
-                                           throttle_duration_sec=2.0)
+        times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+        problem = (f"joint_names {names} lack {self.arm.joint_names}" if not set(self.arm.joint_names) <= set(names)
+                   else "a point has fewer positions than joint_names" if any(len(p.positions) != len(names)
+                                                                              for p in msg.points)
+                   else "time_from_start is not strictly increasing" if np.any(np.diff(times) <= 0) else None)
+        if problem:  # a JointTrajectoryController rejects such goals too
+            self.node.get_logger().warning(f"trajectory ignored: {problem}", throttle_duration_sec=2.0)
             return
         new = []
         for point in msg.points:
