@@ -1,7 +1,7 @@
 """ROS 2 control-loop benchmark: policy_node + sim_robot as separate processes over DDS.
 
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST python benchmarks/ros_control_loop.py \
-        --checkpoint PATH [--duration 300] [--rate 10]
+        [--checkpoint PATH (default pretrained/pusht_lowdim.ckpt)] [--duration 300] [--rate 10]
 
 Measures, from a monitor node: the JointTrajectory command period (p50 / p99 and jitter
 |period - dt|), the policy's inference latency, the share of chunks handed over on time (the
@@ -26,11 +26,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "real_robot"))
+from real_robot.control import percentile  # noqa: E402  (NaN for an empty window instead of a crash)
+
+SHIPPED_POLICY = REPO / "pretrained" / "pusht_lowdim.ckpt"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", default=str(SHIPPED_POLICY), help="policy checkpoint (default: the shipped one)")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of control (default 300)")
     parser.add_argument("--rate", type=float, default=10.0, help="control rate in Hz")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds ignored after the first command")
@@ -100,12 +103,12 @@ def main() -> None:
     late = last["late"] - first["late"]
     results = {
         "duration_s": args.duration, "rate_hz": args.rate, "commands": int(len(periods) + 1),
-        "period_ms_p50": 1e3 * float(np.percentile(periods, 50)), "period_ms_p99": 1e3 * float(np.percentile(periods, 99)),
-        "jitter_ms_p50": 1e3 * float(np.percentile(jitter, 50)), "jitter_ms_p99": 1e3 * float(np.percentile(jitter, 99)),
-        "inference_ms_p50": 1e3 * float(np.percentile(inference, 50)), "inference_ms_p99": 1e3 * float(np.percentile(inference, 99)),
+        "period_ms_p50": 1e3 * percentile(periods, 50), "period_ms_p99": 1e3 * percentile(periods, 99),
+        "jitter_ms_p50": 1e3 * percentile(jitter, 50), "jitter_ms_p99": 1e3 * percentile(jitter, 99),
+        "inference_ms_p50": 1e3 * percentile(inference, 50), "inference_ms_p99": 1e3 * percentile(inference, 99),
         "chunks": int(on_time + late), "handover_on_time_share": on_time / max(1, on_time + late),
-        "e2e_obs_to_command_ms_p50": 1e3 * float(np.percentile(e2e, 50)),
-        "e2e_obs_to_command_ms_p99": 1e3 * float(np.percentile(e2e, 99)),
+        "e2e_obs_to_command_ms_p50": 1e3 * percentile(e2e, 50),
+        "e2e_obs_to_command_ms_p99": 1e3 * percentile(e2e, 99),
         "stale_holds": last["holds"] - first["holds"], "inference_timeouts": last["timeouts"] - first["timeouts"],
         "all_stale_chunks": last["stale_chunks"] - first["stale_chunks"],
         "ik_or_joint_speed_truncations": last["ik_failures"] - first["ik_failures"],

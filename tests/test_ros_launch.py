@@ -70,7 +70,7 @@ def typed(value):
 def test_policy_launch(monkeypatch):
     arguments, nodes = load("policy.launch.py", monkeypatch)
     assert "default_value" not in arguments["checkpoint"]  # required
-    assert arguments["robot"]["default_value"] == "ur"
+    assert arguments["robot"]["default_value"] == "ur" and arguments["robot"]["choices"] == ["ur", "franka", "sim"]
     assert arguments["enabled"]["default_value"] == "false"  # safe default: dry run
     for name in ("namespace", "device", "control_rate_hz", "inference_timeout_s", "agent_pose_topic",
                  "joint_states_topic", "keypoints_topic", "image_topic", "node_name"):
@@ -83,7 +83,7 @@ def test_policy_launch(monkeypatch):
     config_file, overrides = node["parameters"]
     assert type(config_file[0]).__name__ == "FindPackageShare" and config_file[0].args == ("real_robot",)
     assert config_file[1] == "/config/" and config_name(config_file[2]) == "robot" and config_file[3] == ".yaml"
-    assert config_name(overrides["checkpoint"]) == "checkpoint"
+    assert typed(overrides["checkpoint"]) == ("checkpoint", str) and typed(overrides["device"]) == ("device", str)
     assert typed(overrides["control_rate_hz"]) == ("control_rate_hz", float)
     assert typed(overrides["inference_timeout_s"]) == ("inference_timeout_s", float)
     assert typed(overrides["enabled"]) == ("enabled", bool)
@@ -109,7 +109,7 @@ def test_sim_launch(monkeypatch):
     config_file, overrides = nodes["policy_node"]["parameters"]
     assert config_file[1] == "/config/sim.yaml"
     assert typed(overrides["control_rate_hz"]) == ("control_rate_hz", float)
-    assert config_name(overrides["checkpoint"]) == "checkpoint"
+    assert typed(overrides["checkpoint"]) == ("checkpoint", str)
 
 
 @pytest.mark.parametrize("robot,topic", [("ur", "/scaled_joint_trajectory_controller/joint_trajectory"),

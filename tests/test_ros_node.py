@@ -207,8 +207,9 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
     last_obs = [0.0]
     stop = threading.Event()
 
+    agent = np.array([200.0, 300.0])  # the fake arm's position (pixels); it does not follow commands
+
     def observe():
-        agent = np.array([200.0, 300.0])
         keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
         while not stop.is_set():
             if publishing.is_set():
@@ -231,6 +232,10 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert not trajectories and not statuses[-1]["enabled"]
         assert len(chunks[-1].poses) == 8
 
+        # The arm is moved by hand while the node is disabled: the dry-run plan knows nothing of it.
+        agent[:] = [400.0, 150.0]
+        time.sleep(0.5)
+
         # 2. Enabled: a 10 Hz JointTrajectory stream a JointTrajectoryController accepts.
         assert call(ros, SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
         t_enable = time.monotonic()
@@ -240,6 +245,16 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         periods = np.diff([t for t, _ in stream])
         assert 0.08 < np.median(periods) < 0.12, periods
         kin = URKinematics("ur5e")
+
+        def tool_pixels(positions):
+            return calibration.to_pixels(kin.forward(np.asarray(positions))[:2, 3])
+
+        # The first command after enabling starts from where the arm is, not from the plan the dry
+        # run kept extending: the chunk is clamped from the measured position, and by the tick that
+        # publishes it at most its first action is due, so its first point is at most two clamped
+        # steps (2 x 40 px) away.
+        first = next(m for t, m in trajectories if t > t_enable)
+        assert np.linalg.norm(tool_pixels(first.points[0].positions) - agent) <= 2 * 40 + 1e-3
         for _, msg in stream:
             assert list(msg.joint_names) == list(UR_JOINT_NAMES)
             assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
@@ -265,6 +280,11 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         *regular, (t_hold, hold) = after
         assert all(t <= 2 * DT + 0.15 for t, _ in regular), [round(t, 3) for t, _ in after]
         assert len(hold.points) == 1 and t_hold <= 3 * DT + 0.2, [round(t, 3) for t, _ in after]
+        # The hold keeps the arm at its commanded setpoint (between the points of the last trajectory),
+        # not at the stale measured pose, which the plan has long left: no jump back.
+        last_sent = [m for t, m in trajectories if t - t_stop < t_hold][-1]
+        reach = [tool_pixels(point.positions) for point in last_sent.points[:2]]
+        assert min(np.linalg.norm(tool_pixels(hold.points[0].positions) - r) for r in reach) <= 40 + 1e-3
         assert statuses[-1]["state"] == "stale_observation" and statuses[-1]["holds"] >= 1
 
         # 4. Observations resume: the stream resumes.

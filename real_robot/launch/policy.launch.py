@@ -3,6 +3,9 @@
     ros2 launch real_robot policy.launch.py checkpoint:=/path/to/latest.ckpt robot:=ur
 
 ``robot`` selects ``config/<robot>.yaml`` (ur | franka | sim); the other arguments override it.
+``robot:=sim`` is the preset ``sim.launch.py`` starts next to a ``sim_robot``; to pair this file with a
+``sim_robot`` started on its own, point the topic arguments at the sim's topics (``agent_pose_topic:=/sim/agent_pose``
+``keypoints_topic:=/sim/block_keypoints`` ``namespace:=sim``).
 The node starts disabled (dry run): enable with
 ``ros2 service call /<namespace>/policy_node/enable std_srvs/srv/SetBool "{data: true}"``.
 """
@@ -13,6 +16,7 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+ROBOTS = ("ur", "franka", "sim")
 ARGUMENTS = (
     ("checkpoint", None, "Path of the policy checkpoint (.ckpt written by train.py)"),
     ("robot", "ur", "Robot preset: ur | franka | sim (selects config/<robot>.yaml)"),
@@ -32,15 +36,16 @@ ARGUMENTS = (
 def generate_launch_description():
     declared = []
     for name, default, description in ARGUMENTS:
-        if default is None:
-            declared.append(DeclareLaunchArgument(name, description=description))
-        else:
-            declared.append(DeclareLaunchArgument(name, default_value=default, description=description))
+        options = {"choices": list(ROBOTS)} if name == "robot" else {}  # a typo fails at launch, naming the presets
+        if default is not None:
+            options["default_value"] = default
+        declared.append(DeclareLaunchArgument(name, description=description, **options))
     config = [FindPackageShare("real_robot"), "/config/", LaunchConfiguration("robot"), ".yaml"]
     overrides = {
-        "checkpoint": LaunchConfiguration("checkpoint"),
-        "device": LaunchConfiguration("device"),
-        # Typed: `control_rate_hz:=10` must still be a DOUBLE parameter.
+        # Typed: a path or device must stay a string whatever it looks like, and
+        # `control_rate_hz:=10` must still be a DOUBLE parameter.
+        "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
+        "device": ParameterValue(LaunchConfiguration("device"), value_type=str),
         "control_rate_hz": ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=float),
         "inference_timeout_s": ParameterValue(LaunchConfiguration("inference_timeout_s"), value_type=float),
         "enabled": ParameterValue(LaunchConfiguration("enabled"), value_type=bool),

@@ -43,7 +43,7 @@ def generate_launch_description():
         parameters=[
             [FindPackageShare("real_robot"), "/config/sim.yaml"],
             {
-                "checkpoint": LaunchConfiguration("checkpoint"),
+                "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
                 "control_rate_hz": rate,
                 "enabled": ParameterValue(LaunchConfiguration("enabled"), value_type=bool),
             },

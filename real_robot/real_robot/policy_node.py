@@ -30,13 +30,15 @@ from typing import Dict, Optional
 import numpy as np
 
 from real_robot.commands import CommandBuilder
-from real_robot.control import ActionSchedule, attach_joints, clamp_actions
+from real_robot.control import ActionSchedule, attach_joints, clamp_actions, sample_trajectory
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
     agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
+
+PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
 
 
 class PolicyNode(SafetySwitches):
@@ -72,7 +74,7 @@ class PolicyNode(SafetySwitches):
         self.policy = policy
         cfg = policy.config
         self.n_obs_steps, self.n_action_steps, self.obs_type = cfg.n_obs_steps, cfg.n_action_steps, cfg.obs_type
-        self.image_size = int(getattr(cfg, "image_size", 96) or 96) if self.obs_type == "image" else None
+        self.image_size = PUSHT_IMAGE_SIZE if self.obs_type == "image" else None
         self.generator = torch.Generator(device=p["device"]).manual_seed(p["seed"]) if p["seed"] >= 0 else None
 
         from policy.executor import ObservationHistory
@@ -230,36 +232,57 @@ class PolicyNode(SafetySwitches):
             self.last_e2e_chunk = self.stats["chunks"]
             self.last_e2e = now - self.chunk_obs_time
 
-    def _hold(self, reason: str, force: bool = False) -> None:
-        """Drop the plan and (once) command the current position; nothing new follows. ``force``
-        publishes the hold even with ``publish_hold: false`` (disable and e-stop must stop motion)."""
+    def _drop_plan(self) -> None:
+        """Forget the plan and any inference in flight (its result will be discarded)."""
         self.schedule.clear()
         self.generation += 1
         self.inference_in_flight = False
+        self.request = None
+
+    def _hold(self, reason: str, force: bool = False) -> None:
+        """Drop the plan and (once) command the arm to stay at its current setpoint; nothing new
+        follows. ``force`` publishes the hold even with ``publish_hold: false`` (disable and e-stop
+        must stop motion)."""
+        setpoint_px, setpoint_joints = self._commanded_setpoint(self.now())
+        self._drop_plan()
         self.history.frames.clear()
         self.holding = True
         self.stats["holds"] += 1
         self.node.get_logger().warning(f"holding position: {reason}")
         if not (self.enabled and (self.p["publish_hold"] or force)):
             return
-        mode, agent_px = self.p["output_mode"], self.agent_px
+        mode = self.p["output_mode"]
         if mode == "pose":
-            if agent_px is not None:
-                self.command_pub.publish(self.commands.pose_stamped(agent_px, 0.0))
+            if setpoint_px is not None:
+                self.command_pub.publish(self.commands.pose_stamped(setpoint_px, 0.0))
             return
-        joints = self.latest.get("joints", (None,))[0]
-        if joints is None and agent_px is not None:
+        joints = setpoint_joints
+        if joints is None and setpoint_px is not None:
             seed = self.last_joints if self.last_joints is not None else self.p["home_joints"]
-            joints = self.arm.inverse(self.calibration.tool_pose(agent_px), seed)
+            joints = self.arm.inverse(self.calibration.tool_pose(setpoint_px), seed)
         if joints is not None:
             self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt) if mode == "joint_trajectory"
                                      else self.commands.float_array(joints))
 
+    def _commanded_setpoint(self, now: float):
+        """Where the arm is being sent right now, as (pixels, joints): the published plan sampled at
+        ``now`` (a controller interpolates between its points), else the latest measurement. The
+        measurement can be stale when a hold is due, and holding there would pull the arm back."""
+        plan = self.schedule.plan
+        if self.enabled and plan and self.stats["commands"] > 0:
+            times = np.array([planned.time for planned in plan])
+            pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
+            joints = None
+            if all(planned.joints is not None for planned in plan):
+                joints = sample_trajectory(times, np.array([planned.joints for planned in plan]), now)
+            return pixels, joints
+        return self.agent_px, self.latest.get("joints", (None,))[0]
+
     # --- inference (own callback group) ----------------------------------------------------
     def _warm_up(self) -> None:
         """One inference on zeros so the first real one is not slow, and a latency estimate."""
-        shape = {"lowdim": {"obs": (1, self.n_obs_steps, 20)},
-                 "image": {"image": (1, self.n_obs_steps, 3, self.image_size or 96, self.image_size or 96),
+        shape = {"lowdim": {"obs": (1, self.n_obs_steps, self.policy.config.obs_dim)},
+                 "image": {"image": (1, self.n_obs_steps, 3, self.image_size, self.image_size),
                            "agent_pos": (1, self.n_obs_steps, 2)}}[self.obs_type]
         start = time.monotonic()
         self._predict({k: np.zeros(s, dtype=np.float32) for k, s in shape.items()})
@@ -321,7 +344,8 @@ class PolicyNode(SafetySwitches):
     def _clamp_pixels(self, timed, now: float):
         """Workspace / per-step clamps in pixels (in place). For joint outputs, returns where IK starts:
         (seed, check_speed, previous_time); the seed is the previous planned point, else the measured
-        joints, else the last command; home_joints only pick the branch (no speed check against them)."""
+        joints; failing both, the last command or home_joints only pick the IK branch (no speed check
+        against them: the pixel step from the measured position bounds that first move)."""
         p = self.p
         previous = self.schedule.last_before(timed[0].time)
         start = previous.pixels if previous is not None else self.agent_px
@@ -336,10 +360,9 @@ class PolicyNode(SafetySwitches):
         seed = previous.joints if previous is not None and previous.joints is not None else None
         if seed is None:
             seed = self.latest.get("joints", (None,))[0]
-        if seed is None:
-            seed = self.last_joints
         check = seed is not None
-        seed = np.asarray(p["home_joints"]) if seed is None else seed
+        if seed is None:  # after a dropped plan the last command is no longer where the arm is
+            seed = self.last_joints if self.last_joints is not None else np.asarray(p["home_joints"])
         return seed, check, previous.time if previous is not None else now
 
     # --- status ---------------------------------------------------------------------------
@@ -360,9 +383,8 @@ def main(args=None) -> int:
     try:
         holder = PolicyNode()
     except Exception as error:  # bad checkpoint / config: clear message, non-zero exit
-        from policy.checkpoint import CheckpointError
-
-        kind = "checkpoint error" if isinstance(error, CheckpointError) else \
+        # Matched by name: importing policy.checkpoint here could fail again and hide the message.
+        kind = "checkpoint error" if type(error).__name__ == "CheckpointError" else \
             "configuration error" if isinstance(error, (ConfigError, ValueError)) else type(error).__name__
         print(f"policy_node: {kind}: {error}", file=sys.stderr, flush=True)
         if rclpy.ok():

@@ -9,7 +9,7 @@ from real_robot.params import RUNTIME_PARAMETERS
 
 class SafetySwitches:
     """Mixed into PolicyNode: uses its ``node``, ``lock``, ``enabled``, ``estopped``, ``state``,
-    ``holding`` and ``_hold``."""
+    ``holding``, ``_hold`` and ``_drop_plan``."""
 
     def _on_parameters(self, parameters):
         """``ros2 param set`` of ``enabled`` switches like ``~/enable``; the rest need a restart."""
@@ -27,6 +27,10 @@ class SafetySwitches:
                     return SetParametersResult(successful=False, reason="e-stop latched; call ~/reset_estop first")
                 if self.enabled and not parameter.value:
                     self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
+                if parameter.value and not self.enabled:
+                    # The dry-run plan was chained from its own points, not from where the arm is:
+                    # the first enabled chunk starts again from the measured position.
+                    self._drop_plan()
                 if self.enabled != parameter.value:
                     self.node.get_logger().info("enabled" if parameter.value else "disabled (dry run)")
                 self.enabled = parameter.value
