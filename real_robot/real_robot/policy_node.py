@@ -38,6 +38,7 @@ from real_robot.observations import (
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
 
+WATCHDOG_CHECKS_PER_PERIOD = 4  # the stale-observation hold comes at most dt/4 after the deadline
 PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
 
 
@@ -140,6 +141,9 @@ class PolicyNode(SafetySwitches):
         self._warm_up()
         self.guard = node.create_guard_condition(self._run_inference, callback_group=self.inference_group)
         self.timer = node.create_timer(self.dt, self._control_tick, callback_group=self.control_group)
+        # Same (mutually exclusive) group: it never runs during a control tick.
+        self.watchdog = node.create_timer(self.dt / WATCHDOG_CHECKS_PER_PERIOD, self._watchdog_tick,
+                                          callback_group=self.control_group)
         node.get_logger().info(
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
@@ -172,6 +176,17 @@ class PolicyNode(SafetySwitches):
                                    self.arm, self.calibration)
 
     # --- control clock --------------------------------------------------------------------
+    def _watchdog_tick(self) -> None:
+        """Between control ticks: hold as soon as the newest observation is older than
+        stale_factor·dt, not only at the next tick (up to one period later)."""
+        sample = self._sample()
+        with self.lock:
+            if sample is None or self.estopped or self.holding:
+                return
+            if self.now() - sample[1] > self.p["stale_factor"] * self.dt:
+                self._hold("stale observation")
+                self.state = "stale_observation"
+
     def _control_tick(self) -> None:
         now = self.now()
         sample = self._sample()
