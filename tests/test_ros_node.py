@@ -173,7 +173,8 @@ def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoi
 
 def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
     """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
-    Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop."""
+    Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop ->
+    `ros2 param set enabled` -> Ctrl-C while enabled (hold, clean exit)."""
     from geometry_msgs.msg import PoseArray, PoseStamped
     from std_msgs.msg import Float64MultiArray, String
     from std_srvs.srv import SetBool, Trigger
@@ -336,6 +337,18 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         time.sleep(0.8)
         assert len([m for t, m in trajectories if t > t_off + 0.05]) <= 1 and not statuses[-1]["enabled"]
         assert proc.poll() is None, log.read_text()[-3000:]
+
+        # 7. Ctrl-C (SIGINT, as ros2 launch sends it) while enabled: one hold, then a clean exit.
+        assert set_parameter("enabled", True).successful
+        t_on = time.monotonic()
+        assert wait_for(lambda: sum(t > t_on and len(m.points) > 1 for t, m in trajectories) >= 3, 5)
+        proc.send_signal(2)
+        t_int = time.monotonic()
+        assert proc.wait(timeout=10) == 0, log.read_text()[-3000:]
+        assert wait_for(lambda: any(t > t_int for t, _ in trajectories), 2), "no hold on shutdown"
+        final = [m for t, m in trajectories if t > t_int]
+        assert len(final[-1].points) == 1 and all(len(m.points) == 1 for m in final[1:]), \
+            [len(m.points) for m in final]
     finally:
         stop.set()
         observer.join()

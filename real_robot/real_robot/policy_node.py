@@ -30,7 +30,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from real_robot.commands import CommandBuilder
-from real_robot.control import ActionSchedule, attach_joints, clamp_actions, sample_trajectory
+from real_robot.control import ActionSchedule, attach_joints, clamp_actions
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
     agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
@@ -247,52 +247,6 @@ class PolicyNode(SafetySwitches):
             self.last_e2e_chunk = self.stats["chunks"]
             self.last_e2e = now - self.chunk_obs_time
 
-    def _drop_plan(self) -> None:
-        """Forget the plan and any inference in flight (its result will be discarded)."""
-        self.schedule.clear()
-        self.generation += 1
-        self.inference_in_flight = False
-        self.request = None
-
-    def _hold(self, reason: str, force: bool = False) -> None:
-        """Drop the plan and (once) command the arm to stay at its current setpoint; nothing new
-        follows. ``force`` publishes the hold even with ``publish_hold: false`` (disable and e-stop
-        must stop motion)."""
-        setpoint_px, setpoint_joints = self._commanded_setpoint(self.now())
-        self._drop_plan()
-        self.history.frames.clear()
-        self.holding = True
-        self.stats["holds"] += 1
-        self.node.get_logger().warning(f"holding position: {reason}")
-        if not (self.enabled and (self.p["publish_hold"] or force)):
-            return
-        mode = self.p["output_mode"]
-        if mode == "pose":
-            if setpoint_px is not None:
-                self.command_pub.publish(self.commands.pose_stamped(setpoint_px, 0.0))
-            return
-        joints = setpoint_joints
-        if joints is None and setpoint_px is not None:
-            seed = self.last_joints if self.last_joints is not None else self.p["home_joints"]
-            joints = self.arm.inverse(self.calibration.tool_pose(setpoint_px), seed)
-        if joints is not None:
-            self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt) if mode == "joint_trajectory"
-                                     else self.commands.float_array(joints))
-
-    def _commanded_setpoint(self, now: float):
-        """Where the arm is being sent right now, as (pixels, joints): the published plan sampled at
-        ``now`` (a controller interpolates between its points), else the latest measurement. The
-        measurement can be stale when a hold is due, and holding there would pull the arm back."""
-        plan = self.schedule.plan
-        if self.enabled and plan and self.stats["commands"] > 0:
-            times = np.array([planned.time for planned in plan])
-            pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
-            joints = None
-            if all(planned.joints is not None for planned in plan):
-                joints = sample_trajectory(times, np.array([planned.joints for planned in plan]), now)
-            return pixels, joints
-        return self.agent_px, self.latest.get("joints", (None,))[0]
-
     # --- inference (own callback group) ----------------------------------------------------
     def _warm_up(self) -> None:
         """One inference on zeros so the first real one is not slow, and a latency estimate."""
@@ -389,11 +343,26 @@ class PolicyNode(SafetySwitches):
         self.status_pub.publish(self.String(data=json.dumps(status)))
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(args=None) -> int:
+    import signal
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
-    rclpy.init(args=args)
+    # rclpy's own SIGINT handler would shut the context down before a hold could be published:
+    # take SIGINT (and SIGTERM, which launch sends after a timeout) as KeyboardInterrupt instead.
+    try:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except (ImportError, TypeError):  # an rclpy without the option: its handler stays
+        rclpy.init(args=args)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     holder = None
     try:
         holder = PolicyNode()
@@ -413,6 +382,7 @@ def main(args=None) -> int:
         pass
     finally:
         executor.shutdown()
+        holder.stop_on_shutdown()
         holder.node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

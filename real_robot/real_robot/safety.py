@@ -1,15 +1,20 @@
-"""The policy node's switches: enable / disable (service ``~/enable`` and the runtime parameter
-``enabled``, kept in agreement), the latched e-stop (``~/estop``) and its reset (``~/reset_estop``).
-Disabling and e-stopping always publish a hold: the controller would otherwise finish the last
-trajectory."""
+"""The policy node's switches and holds: enable / disable (service ``~/enable`` and the runtime
+parameter ``enabled``, kept in agreement), the latched e-stop (``~/estop``) and its reset
+(``~/reset_estop``). Disabling, e-stopping, stale observations and shutting down publish a hold at
+the commanded setpoint: the controller would otherwise finish the last trajectory."""
 from __future__ import annotations
 
+import time
+
+import numpy as np
+
+from real_robot.control import sample_trajectory
 from real_robot.params import RUNTIME_PARAMETERS
 
 
 class SafetySwitches:
-    """Mixed into PolicyNode: uses its ``node``, ``lock``, ``enabled``, ``estopped``, ``state``,
-    ``holding``, ``_hold`` and ``_drop_plan``."""
+    """Mixed into PolicyNode: uses its ``node``, ``lock``, ``p``, ``enabled``, ``estopped``, ``state``,
+    ``holding``, ``schedule``, ``history``, ``commands``, ``command_pub``, ``arm`` and ``calibration``."""
 
     def _on_parameters(self, parameters):
         """``ros2 param set`` of ``enabled`` switches like ``~/enable``; the rest need a restart."""
@@ -66,3 +71,66 @@ class SafetySwitches:
         response.success, response.message = True, "e-stop reset; node is disabled until ~/enable"
         return response
 
+    # --- holds ----------------------------------------------------------------------------
+    def _drop_plan(self) -> None:
+        """Forget the plan and any inference in flight (its result will be discarded)."""
+        self.schedule.clear()
+        self.generation += 1
+        self.inference_in_flight = False
+        self.request = None
+
+    def _hold(self, reason: str, force: bool = False) -> None:
+        """Drop the plan and (once) command the arm to stay at its current setpoint; nothing new
+        follows. ``force`` publishes the hold even with ``publish_hold: false`` (disable and e-stop
+        must stop motion)."""
+        setpoint_px, setpoint_joints = self._commanded_setpoint(self.now())
+        self._drop_plan()
+        self.history.frames.clear()
+        self.holding = True
+        self.stats["holds"] += 1
+        self.node.get_logger().warning(f"holding position: {reason}")
+        if not (self.enabled and (self.p["publish_hold"] or force)):
+            return
+        mode = self.p["output_mode"]
+        if mode == "pose":
+            if setpoint_px is not None:
+                self.command_pub.publish(self.commands.pose_stamped(setpoint_px, 0.0))
+            return
+        joints = setpoint_joints
+        if joints is None and setpoint_px is not None:
+            seed = self.last_joints if self.last_joints is not None else self.p["home_joints"]
+            joints = self.arm.inverse(self.calibration.tool_pose(setpoint_px), seed)
+        if joints is not None:
+            self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt) if mode == "joint_trajectory"
+                                     else self.commands.float_array(joints))
+
+    def _commanded_setpoint(self, now: float):
+        """Where the arm is being sent right now, as (pixels, joints): the published plan sampled at
+        ``now`` (a controller interpolates between its points), else the latest measurement. The
+        measurement can be stale when a hold is due, and holding there would pull the arm back."""
+        plan = self.schedule.plan
+        if self.enabled and plan and self.stats["commands"] > 0:
+            times = np.array([planned.time for planned in plan])
+            pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
+            joints = None
+            if all(planned.joints is not None for planned in plan):
+                joints = sample_trajectory(times, np.array([planned.joints for planned in plan]), now)
+            return pixels, joints
+        return self.agent_px, self.latest.get("joints", (None,))[0]
+
+    def stop_on_shutdown(self) -> None:
+        """On the way out, an enabled node commands a hold: the controller would otherwise finish
+        the last trajectory (up to a chunk of motion) with nobody watching."""
+        import rclpy
+        from rclpy.duration import Duration
+
+        if not rclpy.ok():
+            return
+        with self.lock:
+            if not self.enabled or self.estopped:
+                return
+            self._hold("node shutting down", force=True)
+        try:
+            self.command_pub.wait_for_all_acked(Duration(seconds=1.0))
+        except Exception:  # noqa: BLE001 - best effort: an older rclpy, or no subscriber left
+            time.sleep(0.1)
