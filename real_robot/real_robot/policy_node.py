@@ -88,6 +88,9 @@ class PolicyNode(SafetySwitches):
         self.estopped = False
         self.state = "waiting_for_observations"
         self.holding = False
+        self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to
+        self.plan_published = False   # has any of the current plan gone to the controller?
+        self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
         self.inference_in_flight = False
         self.inference_started = 0.0
         self.generation = 0
@@ -203,7 +206,7 @@ class PolicyNode(SafetySwitches):
                         self._hold("stale observation")
                     self.state = "stale_observation"
                 else:
-                    self.holding = False
+                    self.holding, self.hold_setpoint = False, None
                     if not self.history.frames:
                         self.history.reset(obs)  # repeats the first observation n_obs_steps times
                     else:
@@ -240,7 +243,10 @@ class PolicyNode(SafetySwitches):
             msg = self.commands.pose_stamped(pending[0].pixels, pending[0].time)
         else:
             msg = self.commands.float_array(pending[0].joints)
+        if mode != "joint_trajectory":
+            self.last_sent = (pending[0].pixels, pending[0].joints)
         self.command_pub.publish(msg)
+        self.plan_published = True
         self.stats["commands"] += 1
         if self.chunk_obs_time is not None and self.last_e2e_chunk != self.stats["chunks"]:
             # End to end: observation stamp -> first command carrying that observation's chunk.
@@ -347,6 +353,11 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _shutdown(rclpy) -> None:
+    if rclpy.ok():
+        rclpy.shutdown()
+
+
 def main(args=None) -> int:
     import signal
 
@@ -366,13 +377,15 @@ def main(args=None) -> int:
     holder = None
     try:
         holder = PolicyNode()
+    except KeyboardInterrupt:  # stopped while loading or warming up: nothing was commanded yet
+        _shutdown(rclpy)
+        return 130
     except Exception as error:  # bad checkpoint / config: clear message, non-zero exit
         # Matched by name: importing policy.checkpoint here could fail again and hide the message.
         kind = "checkpoint error" if type(error).__name__ == "CheckpointError" else \
             "configuration error" if isinstance(error, (ConfigError, ValueError)) else type(error).__name__
         print(f"policy_node: {kind}: {error}", file=sys.stderr, flush=True)
-        if rclpy.ok():
-            rclpy.shutdown()
+        _shutdown(rclpy)
         return 2
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(holder.node)
@@ -381,11 +394,17 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        holder.stop_on_shutdown()
-        holder.node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        # A second Ctrl-C (or launch's SIGTERM) must not cut the shutdown hold short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            executor.shutdown()
+            holder.stop_on_shutdown()
+        except Exception as error:  # noqa: BLE001 - still release the node and the context
+            print(f"policy_node: shutdown hold failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        finally:
+            holder.node.destroy_node()
+            _shutdown(rclpy)
     return 0
 
 

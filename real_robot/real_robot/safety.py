@@ -67,7 +67,7 @@ class SafetySwitches:
     def _on_reset_estop(self, request, response):
         with self.lock:
             self.estopped = False
-            self.holding = False
+            self.holding, self.hold_setpoint = False, None
         response.success, response.message = True, "e-stop reset; node is disabled until ~/enable"
         return response
 
@@ -75,6 +75,8 @@ class SafetySwitches:
     def _drop_plan(self) -> None:
         """Forget the plan and any inference in flight (its result will be discarded)."""
         self.schedule.clear()
+        self.plan_published = False
+        self.last_sent = None
         self.generation += 1
         self.inference_in_flight = False
         self.request = None
@@ -83,7 +85,7 @@ class SafetySwitches:
         """Drop the plan and (once) command the arm to stay at its current setpoint; nothing new
         follows. ``force`` publishes the hold even with ``publish_hold: false`` (disable and e-stop
         must stop motion)."""
-        setpoint_px, setpoint_joints = self._commanded_setpoint(self.now())
+        setpoint_px, setpoint_joints = self.hold_setpoint = self._commanded_setpoint(self.now())
         self._drop_plan()
         self.history.frames.clear()
         self.holding = True
@@ -106,10 +108,15 @@ class SafetySwitches:
 
     def _commanded_setpoint(self, now: float):
         """Where the arm is being sent right now, as (pixels, joints): the published plan sampled at
-        ``now`` (a controller interpolates between its points), else the latest measurement. The
-        measurement can be stale when a hold is due, and holding there would pull the arm back."""
+        ``now`` (a controller interpolates between its points; for step outputs the last setpoint
+        sent), else the latest measurement. The measurement can be stale when a hold is due, and
+        holding there would pull the arm back."""
+        if self.holding and self.hold_setpoint is not None:
+            return self.hold_setpoint  # a second hold (e-stop during a stale hold) stays where the first sent it
+        if self.p["output_mode"] != "joint_trajectory" and self.last_sent is not None:
+            return self.last_sent  # step setpoints: the arm was sent to the last one
         plan = self.schedule.plan
-        if self.enabled and plan and self.stats["commands"] > 0:
+        if self.enabled and plan and self.plan_published:
             times = np.array([planned.time for planned in plan])
             pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
             joints = None
