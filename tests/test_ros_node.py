@@ -460,3 +460,64 @@ def test_image_policy_closed_loop_over_dds(install, image_checkpoint, tmp_path, 
     assert policy.poll() is None, logs
     status = statuses[-1]
     assert status["state"] == "running" and status["chunks"] >= 3 and status["ik_failures"] == 0, status
+
+
+class Recorder:
+    """Stands in for the command publisher: keeps what the node publishes."""
+
+    topic_name = "/recorded"
+
+    def __init__(self):
+        self.messages = []
+
+    def publish(self, msg):
+        self.messages.append(msg)
+
+
+def test_holds_keep_the_commanded_setpoint(checkpoint):
+    """In-process, callbacks called directly: a stale-observation hold sends the arm to the
+    published plan's current setpoint; an e-stop during that hold keeps the same setpoint
+    instead of going back to the stale measurement (which the plan had left)."""
+    from std_srvs.srv import Trigger
+
+    from envs.geometry import block_keypoints
+    from policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "enabled:=true",
+                     "-p", "max_step_px:=40.0"])
+    try:
+        holder = PolicyNode("hold_probe", policy=load_policy(checkpoint, optimize=True))
+        holder.command_pub = recorder = Recorder()
+        keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
+
+        def observe(agent, age=0.0):
+            stamp = holder.now() - age
+            holder.latest.update(agent=(np.asarray(agent, dtype=np.float64), stamp), keypoints=(keypoints, stamp))
+
+        observe([200.0, 300.0])
+        holder._control_tick()         # requests a chunk
+        holder._run_inference()        # (the executor would run it in the inference group)
+        observe([200.0, 300.0])
+        holder._control_tick()         # publishes the plan
+        plan = recorder.messages[-1]
+        assert len(plan.points) > 1
+
+        observe([200.0, 300.0], age=1.0)  # the observations stopped a second ago
+        holder._watchdog_tick()
+        stale_hold = recorder.messages[-1]
+        assert len(recorder.messages) == 2 and len(stale_hold.points) == 1 and holder.holding
+        setpoint = np.array(stale_hold.points[0].positions)
+        planned = np.array([p.positions for p in plan.points[:2]])
+        assert min(np.abs(setpoint - q).max() for q in planned) < 0.5  # on the plan, not elsewhere
+
+        holder.agent_px = np.array([400.0, 150.0])  # a stale measurement the plan had long left
+        holder._on_estop(Trigger.Request(), Trigger.Response())
+        estop_hold = recorder.messages[-1]
+        assert len(recorder.messages) == 3 and len(estop_hold.points) == 1
+        np.testing.assert_allclose(estop_hold.points[0].positions, setpoint)
+        holder.node.destroy_node()
+    finally:
+        rclpy.shutdown()
