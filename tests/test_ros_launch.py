@@ -103,7 +103,8 @@ def test_sim_launch(monkeypatch):
     for node in nodes.values():
         assert node["package"] == "real_robot" and config_name(node["namespace"]) == "namespace"
     assert nodes["sim_robot"]["name"] == "sim_robot" and nodes["policy_node"]["name"] == "policy_node"
-    sim_params = nodes["sim_robot"]["parameters"][0]
+    sim_config, sim_params = nodes["sim_robot"]["parameters"]
+    assert sim_config[1] == "/config/sim.yaml"  # shares calibration and arm with the policy node
     assert typed(sim_params["seed"]) == ("seed", int) and typed(sim_params["max_steps"]) == ("max_steps", int)
     assert typed(sim_params["control_rate_hz"]) == ("control_rate_hz", float)
     config_file, overrides = nodes["policy_node"]["parameters"]

@@ -22,12 +22,15 @@ def generate_launch_description():
     ]
     namespace = LaunchConfiguration("namespace")
     rate = ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=float)
+    # Both nodes read config/sim.yaml: the calibration, table height and arm model they share
+    # (the sim ignores the policy node's other keys) cannot drift apart when it is edited.
+    preset = [FindPackageShare("real_robot"), "/config/sim.yaml"]
     sim = Node(
         package="real_robot",
         executable="sim_robot",
         name="sim_robot",
         namespace=namespace,
-        parameters=[{
+        parameters=[preset, {
             "seed": ParameterValue(LaunchConfiguration("seed"), value_type=int),
             "max_steps": ParameterValue(LaunchConfiguration("max_steps"), value_type=int),
             "control_rate_hz": rate,
@@ -41,7 +44,7 @@ def generate_launch_description():
         name="policy_node",
         namespace=namespace,
         parameters=[
-            [FindPackageShare("real_robot"), "/config/sim.yaml"],
+            preset,
             {
                 "checkpoint": ParameterValue(LaunchConfiguration("checkpoint"), value_type=str),
                 "control_rate_hz": rate,
