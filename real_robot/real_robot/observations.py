@@ -73,22 +73,30 @@ def image_from_msg(msg, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)) / np.float32(255.0)
 
 
+def observation_parts(obs_type: str, agent_from_joints: bool) -> tuple:
+    """The ``latest`` keys an observation is made of: (agent part, block keypoints or image part)."""
+    return ("joints" if agent_from_joints else "agent"), ("keypoints" if obs_type == "lowdim" else "image")
+
+
+def observation_time(latest: dict, obs_type: str, agent_from_joints: bool):
+    """t_obs of the observation ``compose_observation`` would build (the oldest stamp of its parts),
+    or None while a part is missing; nothing is decoded (the watchdog calls it four times a period)."""
+    parts = [latest.get(key) for key in observation_parts(obs_type, agent_from_joints)]
+    return None if any(part is None for part in parts) else min(part[1] for part in parts)
+
+
 def compose_observation(latest: dict, obs_type: str, agent_from_joints: bool, arm, calibration: PlanarCalibration):
     """The policy input from the newest decoded messages ``latest[key] = (value, stamp)``:
     ``({"obs": (1, 20)} | {"image": (1, 3, H, W), "agent_pos": (1, 2)}, t_obs, agent_px)`` with
     t_obs the oldest stamp of its parts, or None while a part is missing. The agent comes from
     ``agent_pose`` or, with ``agent_from_joints``, from the joint states through forward kinematics."""
-    if agent_from_joints:
-        if "joints" not in latest:
-            return None
-        joints, stamp = latest["joints"]
-        agent = (calibration.to_pixels(arm.forward(joints)[:2, 3]), stamp)
-    else:
-        agent = latest.get("agent")
-    other = latest.get("keypoints" if obs_type == "lowdim" else "image")
-    if agent is None or other is None:
+    t_obs = observation_time(latest, obs_type, agent_from_joints)
+    if t_obs is None:
         return None
-    t_obs = min(agent[1], other[1])
+    agent_key, other_key = observation_parts(obs_type, agent_from_joints)
+    agent, other = latest[agent_key], latest[other_key]
+    if agent_from_joints:
+        agent = (calibration.to_pixels(arm.forward(agent[0])[:2, 3]), agent[1])
     if obs_type == "lowdim":
         obs = {"obs": np.concatenate([other[0], agent[0]]).astype(np.float32)[None]}
     else:

@@ -33,7 +33,7 @@ from real_robot.commands import CommandBuilder
 from real_robot.control import ActionSchedule, attach_joints, clamp_actions
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
-    agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
+    agent_from_pose, compose_observation, observation_time, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
@@ -87,8 +87,7 @@ class PolicyNode(SafetySwitches):
         self.enabled = bool(p["enabled"])
         self.estopped = False
         self.state = "waiting_for_observations"
-        self.holding = False
-        self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to
+        self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
         self.plan_published = False   # has any of the current plan gone to the controller?
         self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
         self.inference_in_flight = False
@@ -182,13 +181,19 @@ class PolicyNode(SafetySwitches):
     def _watchdog_tick(self) -> None:
         """Between control ticks: hold as soon as the newest observation is older than
         stale_factor·dt, not only at the next tick (up to one period later)."""
-        sample = self._sample()
         with self.lock:
-            if sample is None or self.estopped or self.holding:
-                return
-            if self.now() - sample[1] > self.p["stale_factor"] * self.dt:
-                self._hold("stale observation")
-                self.state = "stale_observation"
+            t_obs = observation_time(self.latest, self.obs_type, self.p["agent_source"] == "joint_states")
+            if t_obs is not None and not self.estopped:
+                self._hold_if_stale(self.now(), t_obs)
+
+    def _hold_if_stale(self, now: float, t_obs: float) -> bool:
+        """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
+        if now - t_obs <= self.p["stale_factor"] * self.dt:
+            return False
+        if not self.holding:
+            self._hold("stale observation")
+        self.state = "stale_observation"
+        return True
 
     def _control_tick(self) -> None:
         now = self.now()
@@ -201,12 +206,8 @@ class PolicyNode(SafetySwitches):
             else:
                 obs, t_obs, agent_px = sample
                 self.agent_px = agent_px
-                if now - t_obs > self.p["stale_factor"] * self.dt:
-                    if not self.holding:
-                        self._hold("stale observation")
-                    self.state = "stale_observation"
-                else:
-                    self.holding, self.hold_setpoint = False, None
+                if not self._hold_if_stale(now, t_obs):
+                    self.hold_setpoint = None
                     if not self.history.frames:
                         self.history.reset(obs)  # repeats the first observation n_obs_steps times
                     else:

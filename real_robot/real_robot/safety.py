@@ -13,8 +13,12 @@ from real_robot.params import RUNTIME_PARAMETERS
 
 
 class SafetySwitches:
-    """Mixed into PolicyNode: uses its ``node``, ``lock``, ``p``, ``enabled``, ``estopped``, ``state``,
-    ``holding``, ``schedule``, ``history``, ``commands``, ``command_pub``, ``arm`` and ``calibration``."""
+    """Mixed into PolicyNode: works on the state its ``__init__`` sets (``lock``, ``p``, ``enabled``,
+    ``estopped``, ``hold_setpoint``, the plan and its bookkeeping, the publishers, arm and calibration)."""
+
+    @property
+    def holding(self) -> bool:
+        return self.hold_setpoint is not None
 
     def _on_parameters(self, parameters):
         """``ros2 param set`` of ``enabled`` switches like ``~/enable``; the rest need a restart."""
@@ -67,7 +71,7 @@ class SafetySwitches:
     def _on_reset_estop(self, request, response):
         with self.lock:
             self.estopped = False
-            self.holding, self.hold_setpoint = False, None
+            self.hold_setpoint = None
         response.success, response.message = True, "e-stop reset; node is disabled until ~/enable"
         return response
 
@@ -88,7 +92,6 @@ class SafetySwitches:
         setpoint_px, setpoint_joints = self.hold_setpoint = self._commanded_setpoint(self.now())
         self._drop_plan()
         self.history.frames.clear()
-        self.holding = True
         self.stats["holds"] += 1
         self.node.get_logger().warning(f"holding position: {reason}")
         if not (self.enabled and (self.p["publish_hold"] or force)):
@@ -111,12 +114,12 @@ class SafetySwitches:
         ``now`` (a controller interpolates between its points; for step outputs the last setpoint
         sent), else the latest measurement. The measurement can be stale when a hold is due, and
         holding there would pull the arm back."""
-        if self.holding and self.hold_setpoint is not None:
+        if self.holding:
             return self.hold_setpoint  # a second hold (e-stop during a stale hold) stays where the first sent it
         if self.p["output_mode"] != "joint_trajectory" and self.last_sent is not None:
             return self.last_sent  # step setpoints: the arm was sent to the last one
         plan = self.schedule.plan
-        if self.enabled and plan and self.plan_published:
+        if plan and self.plan_published:  # published implies enabled: every switch drops the plan
             times = np.array([planned.time for planned in plan])
             pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
             joints = None
