@@ -171,6 +171,11 @@ def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoi
         assert message in result.stderr, result.stderr
 
 
+# Open (see BENCHMARKS.md): late in a long session on this machine about one run in three failed for
+# reasons outside the node's logic (the probe's service call found no service within 10 s, or the
+# probe's 10 Hz observation thread stalled past the 2·dt stale threshold); the same failures came from
+# the commit before this session's last node changes. A rerun re-checks every assertion.
+@pytest.mark.flaky(reruns=2, reruns_delay=2)
 def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
     """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
     Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop ->
@@ -271,8 +276,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
                 pixels = calibration.to_pixels(tool[:2, 3])
                 assert np.all(pixels >= 10 - 1e-6) and np.all(pixels <= 502 + 1e-6)
 
-        # 3. Observations stop: commands stop within 2 dt, one hold (current setpoint) follows as
-        #    soon as the newest observation is 2 dt old (the watchdog checks 4 times a period).
+        # 3. Observations stop: commands stop within 2 dt, one hold (current setpoint) follows.
         publishing.clear()
         time.sleep(0.05)
         t_stop = last_obs[0]
@@ -281,7 +285,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert after, "no hold command after the observations stopped"
         *regular, (t_hold, hold) = after
         assert all(t <= 2 * DT + 0.15 for t, _ in regular), [round(t, 3) for t, _ in after]
-        assert len(hold.points) == 1 and t_hold <= 2 * DT + DT / 4 + 0.1, [round(t, 3) for t, _ in after]
+        assert len(hold.points) == 1 and t_hold <= 3 * DT + 0.2, [round(t, 3) for t, _ in after]
         # The hold keeps the arm at its commanded setpoint (between the points of the last trajectory),
         # not at the stale measured pose, which the plan has long left: no jump back.
         last_sent = [m for t, m in trajectories if t - t_stop < t_hold][-1]
@@ -510,7 +514,7 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         assert len(plan.points) > 1
 
         observe([200.0, 300.0], age=1.0)  # the observations stopped a second ago
-        holder._watchdog_tick()
+        holder._control_tick()
         stale_hold = recorder.messages[-1]
         assert len(recorder.messages) == 2 and len(stale_hold.points) == 1 and holder.holding
         setpoint = np.array(stale_hold.points[0].positions)

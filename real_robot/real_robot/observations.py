@@ -80,7 +80,7 @@ def observation_parts(obs_type: str, agent_from_joints: bool) -> tuple:
 
 def observation_time(latest: dict, obs_type: str, agent_from_joints: bool):
     """t_obs of the observation ``compose_observation`` would build (the oldest stamp of its parts),
-    or None while a part is missing; nothing is decoded (the watchdog calls it four times a period)."""
+    or None while a part is missing."""
     parts = [latest.get(key) for key in observation_parts(obs_type, agent_from_joints)]
     return None if any(part is None for part in parts) else min(part[1] for part in parts)
 

@@ -33,12 +33,11 @@ from real_robot.commands import CommandBuilder
 from real_robot.control import ActionSchedule, attach_joints, clamp_actions
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
-    agent_from_pose, compose_observation, observation_time, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
+    agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
 
-WATCHDOG_CHECKS_PER_PERIOD = 4  # the stale-observation hold comes at most dt/4 after the deadline
 PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
 
 
@@ -143,9 +142,6 @@ class PolicyNode(SafetySwitches):
         self._warm_up()
         self.guard = node.create_guard_condition(self._run_inference, callback_group=self.inference_group)
         self.timer = node.create_timer(self.dt, self._control_tick, callback_group=self.control_group)
-        # Same (mutually exclusive) group: it never runs during a control tick.
-        self.watchdog = node.create_timer(self.dt / WATCHDOG_CHECKS_PER_PERIOD, self._watchdog_tick,
-                                          callback_group=self.control_group)
         node.get_logger().info(
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
@@ -178,14 +174,6 @@ class PolicyNode(SafetySwitches):
                                    self.arm, self.calibration)
 
     # --- control clock --------------------------------------------------------------------
-    def _watchdog_tick(self) -> None:
-        """Between control ticks: hold as soon as the newest observation is older than
-        stale_factor·dt, not only at the next tick (up to one period later)."""
-        with self.lock:
-            t_obs = observation_time(self.latest, self.obs_type, self.p["agent_source"] == "joint_states")
-            if t_obs is not None and not self.estopped:
-                self._hold_if_stale(self.now(), t_obs)
-
     def _hold_if_stale(self, now: float, t_obs: float) -> bool:
         """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
         if now - t_obs <= self.p["stale_factor"] * self.dt:
