@@ -13,6 +13,7 @@ from real_robot.control import ActionSchedule, clamp_actions, coerce, joint_spee
 from real_robot.kinematics import (  # noqa: E402
     PlanarCalibration, URKinematics, matrix_to_quaternion, quaternion_to_matrix,
 )
+from real_robot.observations import TimedObservations  # noqa: E402
 
 DEFAULT_AFFINE = [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]
 
@@ -120,6 +121,43 @@ def test_schedule_late_handover_is_reported():
     schedule.commit(schedule.schedule(np.zeros((3, 2)), t_obs=0.0, now=0.05)[0])  # plan ends at 0.2
     _, report = schedule.schedule(np.zeros((8, 2)), t_obs=0.35, now=0.36)  # starts at 0.45: a gap
     assert report.handed_over_on_time is False
+
+
+def test_history_frames_are_picked_by_stamp_not_by_tick():
+    """Ticks out of phase with a 10 Hz sensor: the frames are one period apart whatever the tick saw."""
+    observations = TimedObservations(span=0.3)
+    for stamp in (0.0, 0.1, 0.2, 0.3):
+        observations.add("agent", np.array([stamp]), stamp)
+    assert [f["agent"][1] for f in observations.history(0.3, 2, 0.1)] == [0.2, 0.3]
+    observations.add("agent", np.array([-1.0]), 0.25)  # out of order: ignored
+    assert observations.newest()["agent"][1] == 0.3
+    assert min(stamp for _, stamp in observations.parts["agent"]) == 0.0  # keeps 0.3 s behind the newest
+    observations.add("agent", np.array([0.4]), 0.4)
+    assert min(stamp for _, stamp in observations.parts["agent"]) == pytest.approx(0.1)
+
+
+def test_history_repeats_the_first_frame_at_start_and_after_a_gap():
+    observations = TimedObservations(span=0.3)
+    observations.add("agent", np.array([0.0]), 5.0)
+    assert [f["agent"][1] for f in observations.history(5.0, 2, 0.1)] == [5.0, 5.0]  # start-up
+    observations.add("agent", np.array([0.0]), 5.8)   # 0.8 s without messages, then they resume
+    assert [f["agent"][1] for f in observations.history(5.8, 2, 0.1)] == [5.8, 5.8]  # not the 5.0 one
+
+
+def test_trajectory_keeps_scheduled_times_unless_the_first_point_is_too_close():
+    from real_robot.commands import CommandBuilder
+    from real_robot.control import PlannedAction
+
+    builder = CommandBuilder(PlanarCalibration(DEFAULT_AFFINE, 0.15, [1.0, 0.0, 0.0, 0.0]), 0.15, "base", ["j"])
+    pending = [PlannedAction(10.03 + 0.1 * i, np.zeros(2), np.array([float(i)])) for i in range(3)]
+
+    def seconds(msg):
+        return [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+
+    msg, delay = builder.trajectory(pending, now=10.0, min_lead=0.01)  # a running plan: on schedule
+    assert delay == 0.0 and seconds(msg) == pytest.approx([0.03, 0.13, 0.23])
+    msg, delay = builder.trajectory(pending, now=10.0, min_lead=0.1)   # from a standstill a step away
+    assert delay == pytest.approx(0.07) and seconds(msg) == pytest.approx([0.1, 0.2, 0.3])
 
 
 def test_clamps():

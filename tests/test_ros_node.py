@@ -134,15 +134,23 @@ def wait_for(condition, timeout, step=0.02):
     return condition()
 
 
+def seconds(duration):
+    return duration.sec + duration.nanosec * 1e-9
+
+
+_clients = {}
+
+
 def call(node, srv_type, name, request, timeout=10.0):
-    client = node.create_client(srv_type, name)
-    try:
-        assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
-        future = client.call_async(request)
-        assert wait_for(future.done, timeout), f"service {name} did not answer"
-        return future.result()
-    finally:
-        node.destroy_client(client)
+    """Call a service of a node under test. Clients are made once per service and kept: each new
+    client's endpoints would have to be discovered again, which on a loaded machine took seconds."""
+    client = _clients.get((node, name))
+    if client is None:
+        client = _clients[(node, name)] = node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=timeout), f"service {name} not available"
+    future = client.call_async(request)
+    assert wait_for(future.done, timeout), f"service {name} did not answer"
+    return future.result()
 
 
 def test_colcon_install_tree(install):
@@ -188,6 +196,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
     from envs.geometry import block_keypoints
 
     sys.path.insert(0, str(PACKAGE))
+    from real_robot.control import sample_trajectory
     from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics
 
     max_joint_velocity = 3.0
@@ -226,7 +235,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
                 pose_pub.publish(msg)
                 keypoint_pub.publish(Float64MultiArray(data=keypoints))
                 last_obs[0] = time.monotonic()
-            time.sleep(DT)
+            time.sleep(DT / 2)  # sensors run faster than the control clock (frames are picked by stamp)
 
     observer = threading.Thread(target=observe, daemon=True)
     observer.start()
@@ -264,7 +273,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         for _, msg in stream:
             assert list(msg.joint_names) == list(UR_JOINT_NAMES)
             assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
-            times = [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
+            times = [seconds(p.time_from_start) for p in msg.points]
             assert msg.points and times[0] > 0 and np.all(np.diff(times) > 0), times
             joints = np.array([p.positions for p in msg.points])
             assert np.isfinite(joints).all() and np.abs(joints).max() <= 2 * np.pi
@@ -288,9 +297,18 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert len(hold.points) == 1 and t_hold <= 3 * DT + 0.2, [round(t, 3) for t, _ in after]
         # The hold keeps the arm at its commanded setpoint (between the points of the last trajectory),
         # not at the stale measured pose, which the plan has long left: no jump back.
-        last_sent = [m for t, m in trajectories if t - t_stop < t_hold][-1]
-        reach = [tool_pixels(point.positions) for point in last_sent.points[:2]]
-        assert min(np.linalg.norm(tool_pixels(hold.points[0].positions) - r) for r in reach) <= 40 + 1e-3
+        # Replay the stream as a JointTrajectoryController follows it (each trajectory from the
+        # setpoint it had on receipt; the first from the arm): the hold goes to that setpoint.
+        stream = [(t, m) for t, m in trajectories if t_enable < t < t_stop + t_hold]
+        setpoint, path = agent.copy(), None
+        for t, msg in stream + [(t_stop + t_hold, None)]:
+            if path is not None:
+                setpoint = sample_trajectory(*path, t)
+            if msg is not None:
+                path = (np.array([t] + [t + seconds(p.time_from_start) for p in msg.points]),
+                        np.array([setpoint] + [tool_pixels(p.positions) for p in msg.points]))
+        assert np.linalg.norm(tool_pixels(hold.points[0].positions) - setpoint) <= 15, \
+            (tool_pixels(hold.points[0].positions), setpoint)
         assert statuses[-1]["state"] == "stale_observation" and statuses[-1]["holds"] >= 1
 
         # 4. Observations resume: the stream resumes.
@@ -358,8 +376,9 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         observer.join()
 
 
-def in_process_score(checkpoint, seed, max_steps):
-    """The same policy evaluated in-process, synchronously (as evaluation/runner.py does)."""
+def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
+    """The same policy evaluated in-process, synchronously (as evaluation/runner.py does), with
+    sampling noise drawn from ``noise_seed``."""
     from envs.pusht_env import PushTEnv
     from policy.checkpoint import load_policy
     from policy.executor import RecedingHorizonExecutor, torch_predictor
@@ -367,7 +386,7 @@ def in_process_score(checkpoint, seed, max_steps):
     policy = load_policy(checkpoint)
     env = PushTEnv(obs_type="keypoints")
     obs, _ = env.reset(seed=seed)
-    executor = RecedingHorizonExecutor(torch_predictor(policy, generator=torch.Generator().manual_seed(seed)),
+    executor = RecedingHorizonExecutor(torch_predictor(policy, generator=torch.Generator().manual_seed(noise_seed)),
                                        policy.config.n_obs_steps, policy.config.n_action_steps)
     executor.reset({"obs": obs[None].astype(np.float32)})
     best = 0.0
@@ -383,23 +402,19 @@ def in_process_score(checkpoint, seed, max_steps):
 PRETRAINED = REPO / "pretrained" / "pusht_lowdim_small.ckpt"  # the policy whose DDS loop was validated (BENCHMARKS.md)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open: on a quiet machine the DDS loop sometimes derails an episode the policy solves in-process "
-    "(DDS 0.23 / 0.0 / 1.0 against in-process 1.0 / 1.0 / 1.0 in one of three runs, 0.835 on 100007 in another; "
-    "in-process over 8 noise draws every seed scores >= 0.93); cause not yet found, see BENCHMARKS.md"))
 def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
     """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
     back through FK in the sim) solve the seeds the in-process evaluation of the same trained
     policy solves, with the same score within a small tolerance.
 
     A trained policy is needed for a meaningful comparison: the real-time loop executes a chunk
-    from action 1 on (action 0 is due at the observation's own time, as in the original's
-    latency compensation), so an untrained policy's chaotic pushes diverge from the
+    from the first action still ahead when a control tick publishes it (the actions due while it
+    was computed come from the previous chunk, as in the original's latency compensation), so an untrained policy's chaotic pushes diverge from the
     synchronous run step by step while a policy that solves the task solves it both ways."""
     from std_msgs.msg import Float64MultiArray
     import yaml
 
-    seeds, max_steps = (100001, 100004, 100007), 200
+    seeds, max_steps = (100001, 100004, 100007), 300  # the evaluation protocol's episode length
     scores = {seed: [] for seed in seeds}
     preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
     for seed in seeds:  # one pair of processes at a time: two cores
@@ -418,10 +433,12 @@ def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
         logs = {p.name: p.read_text()[-2000:] for p in tmp_path.glob(f"*{seed}.log")}
         assert done, (seed, scores[seed][-1:], logs)
     ros_scores = np.array([scores[seed][-1][2] for seed in seeds])
-    local_scores = np.array([in_process_score(PRETRAINED, seed, max_steps)[0] for seed in seeds])
-    print("closed loop over DDS:", ros_scores, "in-process:", local_scores)
-    assert np.all(local_scores >= 0.99), local_scores  # the seeds are ones this policy solves in-process
-    assert np.all(ros_scores >= 0.95), (ros_scores, local_scores)
+    # The reference: the in-process score averaged over noise draws (one DDS run is one more draw).
+    local_scores = np.array([np.mean([in_process_score(PRETRAINED, seed, max_steps, noise_seed=k)[0] for k in range(4)])
+                             for seed in seeds])
+    print("closed loop over DDS:", ros_scores, "in-process (mean of 4 noise draws):", local_scores)
+    assert np.all(local_scores >= 0.95), local_scores  # the seeds are ones this policy solves in-process
+    assert np.all(ros_scores >= 0.9), (ros_scores, local_scores)  # no episode derails over DDS
     assert abs(ros_scores.mean() - local_scores.mean()) <= 0.05, (ros_scores, local_scores)
 
 
@@ -503,7 +520,8 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
 
         def observe(agent, age=0.0):
             stamp = holder.now() - age
-            holder.latest.update(agent=(np.asarray(agent, dtype=np.float64), stamp), keypoints=(keypoints, stamp))
+            holder.observations.add("agent", np.asarray(agent, dtype=np.float64), stamp)
+            holder.observations.add("keypoints", keypoints, stamp)
 
         observe([200.0, 300.0])
         holder._control_tick()         # requests a chunk
@@ -513,6 +531,7 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         plan = recorder.messages[-1]
         assert len(plan.points) > 1
 
+        holder.observations.parts.clear()
         observe([200.0, 300.0], age=1.0)  # the observations stopped a second ago
         holder._control_tick()
         stale_hold = recorder.messages[-1]

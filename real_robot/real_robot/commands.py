@@ -23,18 +23,19 @@ class CommandBuilder:
         self.calibration, self.table_height = calibration, table_height
         self.frame_id, self.joint_names = frame_id, list(joint_names)
 
-    def trajectory(self, pending, now: float, dt: float):
+    def trajectory(self, pending, now: float, min_lead: float):
         """JointTrajectory of the pending plan; header stamp 0 = start on receipt, point i at
-        ``time_i - now`` (strictly increasing). The first point gets at least one period (the
-        controller interpolates to it from where the arm is); later points keep their spacing."""
+        ``time_i - now + delay`` (strictly increasing), delay = max(0, min_lead - (time_0 - now)):
+        the controller interpolates from its current setpoint to the first point, which must not
+        come sooner than ``min_lead``. Points keep their scheduled times whenever that allows."""
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
         msg = JointTrajectory(joint_names=self.joint_names)
-        delay = max(0.0, dt - (pending[0].time - now))
+        delay = max(0.0, min_lead - (pending[0].time - now))
         for planned in pending:
             msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in planned.joints],
                                                    time_from_start=duration(planned.time - now + delay)))
-        return msg
+        return msg, delay
 
     def hold_trajectory(self, joints, dt: float):
         """A one-point trajectory to ``joints`` (the current position) one period from now."""

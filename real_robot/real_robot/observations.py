@@ -2,7 +2,8 @@
 decoder raises ValueError naming what is wrong with a message (the node logs it and skips it)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections import deque
+from typing import Dict, Sequence
 
 import numpy as np
 
@@ -102,3 +103,46 @@ def compose_observation(latest: dict, obs_type: str, agent_from_joints: bool, ar
     else:
         obs = {"image": other[0][None], "agent_pos": agent[0].astype(np.float32)[None]}
     return obs, t_obs, agent[0]
+
+
+class TimedObservations:
+    """Recent decoded messages of each observation part, ``(value, stamp)`` oldest first, kept for
+    ``span`` seconds behind the newest. Frames for the policy's history are picked by stamp (as the
+    original's real-robot environment aligns them), not by when a control tick happened to run:
+    two 10 Hz clocks out of phase would otherwise sample one message twice and skip the next."""
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.parts: Dict[str, deque] = {}
+
+    def add(self, key: str, value, stamp: float) -> None:
+        entries = self.parts.setdefault(key, deque())
+        if entries and stamp < entries[-1][1]:
+            return  # out of order: the newer message already stands for this part
+        entries.append((value, stamp))
+        while len(entries) > 1 and entries[1][1] <= stamp - self.span:
+            entries.popleft()
+
+    def newest(self) -> Dict[str, tuple]:
+        return {key: entries[-1] for key, entries in self.parts.items()}
+
+    def newest_value(self, key: str):
+        entries = self.parts.get(key)
+        return entries[-1][0] if entries else None
+
+    def at(self, t: float, dt: float, eps: float = 1e-3) -> Dict[str, tuple]:
+        """Each part as of time ``t``: its newest message stamped in (t - dt, t]; with none there
+        (start-up, or a gap) its oldest message after ``t``, so the first frame repeats, as at a reset."""
+        frame = {}
+        for key, entries in self.parts.items():
+            before = [entry for entry in entries if entry[1] <= t + eps]
+            if before and before[-1][1] > t - dt - eps:
+                frame[key] = before[-1]
+            else:
+                frame[key] = next((entry for entry in entries if entry[1] > t + eps), entries[-1])
+        return frame
+
+
+    def history(self, t_obs: float, n_steps: int, dt: float) -> list:
+        """The parts of the policy's n_steps input frames, at t_obs - (n_steps - 1 - k)·dt for k = 0..n_steps-1."""
+        return [self.at(t_obs - (n_steps - 1 - k) * dt, dt) for k in range(n_steps)]

@@ -1,7 +1,7 @@
 """``policy_node``: runs a Diffusion Policy checkpoint as a 10 Hz ROS 2 controller.
 
-Observations (latest message of each, sampled on the control clock into a history of
-n_obs_steps): the agent / end-effector position (``agent_pose`` PoseStamped in the table
+Observations (recent messages of each, by stamp; on each 10 Hz control tick the newest complete
+observation, and at a replan the n_obs_steps frames one period apart ending at it): the agent / end-effector position (``agent_pose`` PoseStamped in the table
 frame, or ``joint_states`` + the arm's forward kinematics), the block (``block_keypoints``
 Float64MultiArray of 18 pixel values, or ``block_pose`` PoseStamped) for low-dim policies,
 ``image`` (sensor_msgs/Image, rgb8/bgr8) for image policies.
@@ -25,7 +25,7 @@ import json
 import sys
 import threading
 import time
-from typing import Dict, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -33,7 +33,8 @@ from real_robot.commands import CommandBuilder
 from real_robot.control import ActionSchedule, attach_joints, clamp_actions
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
-    agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array, keypoints_from_pose,
+    TimedObservations, agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array,
+    keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
@@ -82,12 +83,13 @@ class PolicyNode(SafetySwitches):
         self.history = ObservationHistory(self.n_obs_steps)
         self.schedule = ActionSchedule(self.dt, p["latency_margin_s"])
         self.lock = threading.Lock()
-        self.latest: Dict[str, tuple] = {}
+        self.observations = TimedObservations(span=(self.n_obs_steps + 1) * self.dt)
         self.enabled = bool(p["enabled"])
         self.estopped = False
         self.state = "waiting_for_observations"
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
         self.plan_published = False   # has any of the current plan gone to the controller?
+        self.published_path = None    # (times, pixels, joints | None) of the last trajectory, from its start setpoint
         self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
         self.inference_in_flight = False
         self.inference_started = 0.0
@@ -163,15 +165,26 @@ class PolicyNode(SafetySwitches):
             if stamp == 0.0:
                 stamp = self.now()
             with self.lock:
-                self.latest[key] = (value, stamp)
+                self.observations.add(key, value, stamp)
         return callback
+
+    def _compose(self, parts):
+        return compose_observation(parts, self.obs_type, self.p["agent_source"] == "joint_states",
+                                   self.arm, self.calibration)
 
     def _sample(self):
         """The newest complete observation, its time (the oldest stamp of its parts), the agent."""
         with self.lock:
-            latest = dict(self.latest)
-        return compose_observation(latest, self.obs_type, self.p["agent_source"] == "joint_states",
-                                   self.arm, self.calibration)
+            newest = self.observations.newest()
+        return self._compose(newest)
+
+    def _stacked_history(self, t_obs: float):
+        """The policy input: n_obs_steps frames one period apart ending at t_obs, picked by stamp."""
+        frames = [self._compose(parts)[0] for parts in self.observations.history(t_obs, self.n_obs_steps, self.dt)]
+        self.history.reset(frames[0])  # the shared stacking (a missing earlier frame repeats the first)
+        for frame in frames[1:]:
+            self.history.append(frame)
+        return self.history.stacked()
 
     # --- control clock --------------------------------------------------------------------
     def _hold_if_stale(self, now: float, t_obs: float) -> bool:
@@ -192,14 +205,10 @@ class PolicyNode(SafetySwitches):
             elif sample is None:
                 self.state = "waiting_for_observations"
             else:
-                obs, t_obs, agent_px = sample
+                _, t_obs, agent_px = sample
                 self.agent_px = agent_px
                 if not self._hold_if_stale(now, t_obs):
                     self.hold_setpoint = None
-                    if not self.history.frames:
-                        self.history.reset(obs)  # repeats the first observation n_obs_steps times
-                    else:
-                        self.history.append(obs)
                     self._tick_plan(now, t_obs)
             self._publish_status(now)
 
@@ -211,7 +220,7 @@ class PolicyNode(SafetySwitches):
             self.node.get_logger().warning("inference timed out; result will be discarded")
         if not self.inference_in_flight and self.schedule.needs_replan(
                 now, self.latency_estimate, self.p["handover_margin_steps"]):
-            self.request = (self.history.stacked(), t_obs, self.generation)
+            self.request = (self._stacked_history(t_obs), t_obs, self.generation)
             self.inference_in_flight = True
             self.inference_started = now
             self.guard.trigger()
@@ -227,7 +236,7 @@ class PolicyNode(SafetySwitches):
     def _publish_command(self, pending, now: float) -> None:
         mode = self.p["output_mode"]
         if mode == "joint_trajectory":
-            msg = self.commands.trajectory(pending, now, self.dt)
+            msg = self._limited_trajectory(pending, now)
         elif mode == "pose":
             msg = self.commands.pose_stamped(pending[0].pixels, pending[0].time)
         else:
@@ -323,7 +332,7 @@ class PolicyNode(SafetySwitches):
             return None
         seed = previous.joints if previous is not None and previous.joints is not None else None
         if seed is None:
-            seed = self.latest.get("joints", (None,))[0]
+            seed = self.observations.newest_value("joints")
         check = seed is not None
         if seed is None:  # after a dropped plan the last command is no longer where the arm is
             seed = self.last_joints if self.last_joints is not None else np.asarray(p["home_joints"])

@@ -1,12 +1,14 @@
 """The policy node's switches and holds: enable / disable (service ``~/enable`` and the runtime
 parameter ``enabled``, kept in agreement), the latched e-stop (``~/estop``) and its reset
 (``~/reset_estop``). Disabling, e-stopping, stale observations and shutting down publish a hold at
-the commanded setpoint: the controller would otherwise finish the last trajectory."""
+the commanded setpoint: the controller would otherwise finish the last trajectory. Each trajectory
+is timed so the controller's move from that setpoint to its first point respects the speed limit."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
+
 
 from real_robot.control import sample_trajectory
 from real_robot.params import RUNTIME_PARAMETERS
@@ -80,6 +82,7 @@ class SafetySwitches:
         """Forget the plan and any inference in flight (its result will be discarded)."""
         self.schedule.clear()
         self.plan_published = False
+        self.published_path = None
         self.last_sent = None
         self.generation += 1
         self.inference_in_flight = False
@@ -91,7 +94,6 @@ class SafetySwitches:
         must stop motion)."""
         setpoint_px, setpoint_joints = self.hold_setpoint = self._commanded_setpoint(self.now())
         self._drop_plan()
-        self.history.frames.clear()
         self.stats["holds"] += 1
         self.node.get_logger().warning(f"holding position: {reason}")
         if not (self.enabled and (self.p["publish_hold"] or force)):
@@ -110,23 +112,35 @@ class SafetySwitches:
                                      else self.commands.float_array(joints))
 
     def _commanded_setpoint(self, now: float):
-        """Where the arm is being sent right now, as (pixels, joints): the published plan sampled at
-        ``now`` (a controller interpolates between its points; for step outputs the last setpoint
-        sent), else the latest measurement. The measurement can be stale when a hold is due, and
+        """Where the arm is being sent right now, as (pixels, joints): the last published trajectory
+        sampled at ``now`` (a controller interpolates between its points, starting from its setpoint
+        on receipt; for step outputs the last setpoint sent), else the latest measurement. The measurement can be stale when a hold is due, and
         holding there would pull the arm back."""
         if self.holding:
             return self.hold_setpoint  # a second hold (e-stop during a stale hold) stays where the first sent it
         if self.p["output_mode"] != "joint_trajectory" and self.last_sent is not None:
             return self.last_sent  # step setpoints: the arm was sent to the last one
-        plan = self.schedule.plan
-        if plan and self.plan_published:  # published implies enabled: every switch drops the plan
-            times = np.array([planned.time for planned in plan])
-            pixels = sample_trajectory(times, np.array([planned.pixels for planned in plan]), now)
-            joints = None
-            if all(planned.joints is not None for planned in plan):
-                joints = sample_trajectory(times, np.array([planned.joints for planned in plan]), now)
-            return pixels, joints
-        return self.agent_px, self.latest.get("joints", (None,))[0]
+        if self.plan_published and self.published_path is not None:  # published implies enabled
+            times, pixels, joints = self.published_path
+            return (sample_trajectory(times, pixels, now),
+                    None if joints is None else sample_trajectory(times, joints, now))
+        return self.agent_px, self.observations.newest_value("joints")
+
+    def _limited_trajectory(self, pending, now: float):
+        """The pending plan as a JointTrajectory; remembers it as the controller will follow it
+        (from its setpoint at ``now``). The first point comes no sooner than the velocity limit
+        allows from that setpoint: with the plan already running that is its scheduled time (no
+        lag); from a standstill the measured arm can be up to a clamped step away."""
+        setpoint_px, setpoint_joints = self._commanded_setpoint(now)
+        max_speed = min(self.p["max_velocity_px_s"], self.p["max_step_px"] / self.dt)
+        min_lead = self.dt if setpoint_px is None else float(np.linalg.norm(pending[0].pixels - setpoint_px)) / max_speed
+        msg, delay = self.commands.trajectory(pending, now, min_lead)
+        times = np.array([now] + [planned.time + delay for planned in pending])
+        pixels = np.array([setpoint_px if setpoint_px is not None else pending[0].pixels]
+                          + [planned.pixels for planned in pending])
+        joints = None if setpoint_joints is None else np.array([setpoint_joints] + [planned.joints for planned in pending])
+        self.published_path = (times, pixels, joints)
+        return msg
 
     def stop_on_shutdown(self) -> None:
         """On the way out, an enabled node commands a hold: the controller would otherwise finish

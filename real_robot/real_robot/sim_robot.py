@@ -86,7 +86,7 @@ class SimRobot:
         node.create_subscription(JointTrajectory, "joint_trajectory", self._on_trajectory, 10)
         self.dt = 1.0 / p["control_rate_hz"]
         self.timer = node.create_timer(self.dt, self._tick)
-        self._publish(self.now(), self.env.physics.agent_position)
+        self._publish_state(self.now(), self.env.physics.agent_position)
 
     def now(self) -> float:
         return self.node.get_clock().now().nanoseconds * 1e-9
@@ -126,6 +126,9 @@ class SimRobot:
             self.points = []
 
     def _tick(self) -> None:
+        """Publish the state at ``now`` (the result of the previous step), then execute the command
+        due now over the next period: an observation stamped t is the state at t, as a real arm's,
+        and the action scheduled at t acts on it (the order of the in-process evaluation)."""
         now = self.now()
         with self.lock:
             due = [pt for pt in self.points if pt[0] <= now + self.dt / 2]
@@ -134,24 +137,23 @@ class SimRobot:
                 self.points = [pt for pt in self.points if pt[0] > now + self.dt / 2]
             elif self.trajectory is not None:
                 self.target = sample_trajectory(*self.trajectory, now)
-        if self.done or self.target is None:
-            # Before the first command the episode has not started: keep publishing the state.
-            if not self.done:
-                self._publish(self.now(), self.env.physics.agent_position)
+        if self.done:
             return
-        action = self.target
-        _, reward, terminated, _, info = self.env.step(np.clip(action, 0, 512))
+        self._publish_state(now, self.env.physics.agent_position)
+        if self.target is None:
+            return  # before the first command the episode has not started
+        _, reward, terminated, _, info = self.env.step(np.clip(self.target, 0, 512))
         self.step_count += 1
         self.max_reward = max(self.max_reward, float(reward))
         self.done = bool(terminated) or self.step_count >= self.p["max_steps"]
+        self.pub_score.publish(self.msgs["F64"](data=[float(self.step_count), float(reward), self.max_reward,
+                                                     float(info["coverage"]), float(self.done)]))
         if self.done and self.p["auto_reset"]:  # endless operation (benchmarks): next seed
             self.p["seed"] += 1
             self.env.reset(seed=self.p["seed"])
             self.step_count, self.max_reward, self.done = 0, 0.0, False
-            info["pos_agent"] = self.env.physics.agent_position
-        self._publish(self.now(), info["pos_agent"], reward, info["coverage"])
 
-    def _publish(self, stamp: float, agent_px, reward: float = 0.0, coverage: float = 0.0) -> None:
+    def _publish_state(self, stamp: float, agent_px) -> None:
         from envs.geometry import block_keypoints
 
         sec, nanosec = int(stamp), int((stamp % 1) * 1e9)
@@ -176,8 +178,6 @@ class SimRobot:
                                        step=hwc.shape[1] * 3, data=hwc.tobytes())
             image.header.stamp.sec, image.header.stamp.nanosec = sec, nanosec
             self.pub_image.publish(image)
-        self.pub_score.publish(self.msgs["F64"](data=[float(self.step_count), float(reward), self.max_reward,
-                                                     float(coverage), float(self.done)]))
 
     def _pose(self, pixels, z, quaternion, sec, nanosec):
         msg = self.msgs["PoseStamped"]()
