@@ -7,7 +7,9 @@ Measures, from a monitor node: the JointTrajectory command period (p50 / p99 and
 |period - dt|), the policy's inference latency, the share of chunks handed over on time (the
 next chunk's first action due no later than one period after the previous chunk's last), and
 the end-to-end latency from an observation's stamp to the first command computed from it.
-The sim robot resets to the next seed whenever an episode ends, so the loop runs throughout.
+The sim robot resets to the next seed whenever an episode ends, so the loop runs throughout;
+the task score of each finished episode (seeds 100000, 100001, ...: max reward, and success =
+max coverage > 0.95 as in ``eval.py``) is reported too, to compare with ``eval.py`` on the same seeds.
 """
 from __future__ import annotations
 
@@ -44,7 +46,7 @@ def main() -> None:
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.randint(20, 100)))
     import rclpy
     import yaml
-    from std_msgs.msg import String
+    from std_msgs.msg import Float64MultiArray, String
     from trajectory_msgs.msg import JointTrajectory
 
     env = dict(os.environ, PYTHONPATH=f"{REPO / 'real_robot'}:{REPO}", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -66,6 +68,15 @@ def main() -> None:
     commands, statuses = [], []
     node.create_subscription(JointTrajectory, "/bench/joint_trajectory", lambda m: commands.append(time.monotonic()), 50)
     node.create_subscription(String, "/bench/policy_node/status", lambda m: statuses.append(json.loads(m.data)), 50)
+    episodes, coverage = [], [0.0]  # (max reward, max coverage) of each finished episode
+
+    def on_score(msg):  # step, reward, max reward, coverage, done
+        coverage[0] = max(coverage[0], msg.data[3])
+        if msg.data[4] == 1.0:
+            episodes.append((msg.data[2], coverage[0]))
+            coverage[0] = 0.0
+
+    node.create_subscription(Float64MultiArray, "/bench/sim_robot/score", on_score, 50)
     spinner = threading.Thread(target=rclpy.spin, args=(node,), daemon=True)
     spinner.start()
     try:
@@ -112,6 +123,10 @@ def main() -> None:
         "stale_holds": last["holds"] - first["holds"], "inference_timeouts": last["timeouts"] - first["timeouts"],
         "all_stale_chunks": last["stale_chunks"] - first["stale_chunks"],
         "ik_or_joint_speed_truncations": last["ik_failures"] - first["ik_failures"],
+        "episodes": len(episodes), "episode_seeds": f"100000-{100000 + len(episodes) - 1}",
+        "episode_mean_max_score": float(np.mean([score for score, _ in episodes])) if episodes else float("nan"),
+        "episode_success_rate": float(np.mean([cov > 0.95 for _, cov in episodes])) if episodes else float("nan"),
+        "episode_max_scores": [round(float(score), 4) for score, _ in episodes],
     }
     for key, value in results.items():
         print(f"{key:28s} {value:.3f}" if isinstance(value, float) else f"{key:28s} {value}")
