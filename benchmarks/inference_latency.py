@@ -58,8 +58,9 @@ def main() -> None:
         rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
     print(f"threads={args.threads}")
     print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
-    for name, policy, calls in rows:
-        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6 or n_params  # traced: as eager
+    n_params = 0.0
+    for name, policy, calls in rows:  # a traced model lists no parameters: the eager row before it counts
+        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6 or n_params
         print(f"{name:<48} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
 
 

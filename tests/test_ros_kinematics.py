@@ -123,25 +123,53 @@ def test_schedule_late_handover_is_reported():
     assert report.handed_over_on_time is False
 
 
+def frame_stamps(observations, t_obs, key="agent", n=2, dt=0.1):
+    return [round(frame[key][1], 4) for frame in observations.history(t_obs, n, dt, max_hold=2 * dt)]
+
+
 def test_history_frames_are_picked_by_stamp_not_by_tick():
-    """Ticks out of phase with a 10 Hz sensor: the frames are one period apart whatever the tick saw."""
-    observations = TimedObservations(span=0.3)
+    """Whatever a tick saw, the frames are one period apart, each part at its own nearest message."""
+    rng = np.random.default_rng(0)
+    observations = TimedObservations(span=0.5)
+    for k in range(40):  # agent stamped by a jittery 10 Hz sensor; keypoints stamped on receipt, 3 ms later
+        stamp = k * 0.1 + rng.uniform(0, 0.004)
+        observations.add("agent", np.array([k]), stamp)
+        observations.add("keypoints", np.array([k]), stamp + 0.003)
+        frames = observations.history(stamp, 2, 0.1, max_hold=0.2)
+        assert [int(f["agent"][0][0]) for f in frames] == [max(k - 1, 0), k]
+        assert [int(f["keypoints"][0][0]) for f in frames] == [max(k - 1, 0), k]  # same tick as the agent
+
+
+def test_history_reorder_clock_jump_slow_sensor_start_and_gap():
+    observations = TimedObservations(span=0.5)
     for stamp in (0.0, 0.1, 0.2, 0.3):
         observations.add("agent", np.array([stamp]), stamp)
-    assert [f["agent"][1] for f in observations.history(0.3, 2, 0.1)] == [0.2, 0.3]
-    observations.add("agent", np.array([-1.0]), 0.25)  # out of order: ignored
+    observations.add("agent", np.array([-1.0]), 0.25)   # reordered by the network: ignored
     assert observations.newest()["agent"][1] == 0.3
-    assert min(stamp for _, stamp in observations.parts["agent"]) == 0.0  # keeps 0.3 s behind the newest
-    observations.add("agent", np.array([0.4]), 0.4)
-    assert min(stamp for _, stamp in observations.parts["agent"]) == pytest.approx(0.1)
+    observations.add("agent", np.array([9.0]), 0.9)     # a 0.6 s gap in the messages
+    assert frame_stamps(observations, 0.9) == [0.9, 0.9]  # the pre-gap message is not a frame
+    observations.add("agent", np.array([0.0]), 0.05)    # the clock went back (sim time restarted)
+    assert observations.newest()["agent"][1] == 0.05 and len(observations.parts["agent"]) == 1
+    assert frame_stamps(observations, 0.05) == [0.05, 0.05]  # start-up: the first frame repeats
+
+    slow = TimedObservations(span=0.5)  # a 4 Hz camera under a 10 Hz control clock
+    for stamp in (0.0, 0.25, 0.5):
+        slow.add("image", None, stamp)
+    assert frame_stamps(slow, 0.5, "image", n=3) == [0.25, 0.25, 0.5]  # nearest within dt/2, else the last one
+    assert frame_stamps(slow, 0.45, "image") == [0.25, 0.5]
 
 
-def test_history_repeats_the_first_frame_at_start_and_after_a_gap():
-    observations = TimedObservations(span=0.3)
-    observations.add("agent", np.array([0.0]), 5.0)
-    assert [f["agent"][1] for f in observations.history(5.0, 2, 0.1)] == [5.0, 5.0]  # start-up
-    observations.add("agent", np.array([0.0]), 5.8)   # 0.8 s without messages, then they resume
-    assert [f["agent"][1] for f in observations.history(5.8, 2, 0.1)] == [5.8, 5.8]  # not the 5.0 one
+def test_first_point_lead_respects_the_speed_limits():
+    from real_robot.control import PlannedAction, first_point_lead
+
+    first = PlannedAction(0.0, np.array([140.0, 100.0]), np.array([0.3, 0.0]))
+    here_px, here_q = np.array([100.0, 100.0]), np.array([0.0, 0.0])
+    # 40 px at 400 px/s = 0.1 s; 0.3 rad at 1.5 rad/s = 0.2 s: the slower limit sets the lead.
+    assert first_point_lead(first, here_px, here_q, True, 400.0, 1.5, 0.1) == pytest.approx(0.2)
+    assert first_point_lead(first, here_px, None, True, 400.0, 1.5, 0.1) == pytest.approx(0.1)
+    assert first_point_lead(first, np.array([139.0, 100.0]), None, True, 400.0, 1.5, 0.1) == pytest.approx(0.0025)
+    # From a standstill the setpoint is a measurement: at least one period.
+    assert first_point_lead(first, np.array([139.0, 100.0]), None, False, 400.0, 1.5, 0.1) == pytest.approx(0.1)
 
 
 def test_trajectory_keeps_scheduled_times_unless_the_first_point_is_too_close():

@@ -138,6 +138,22 @@ def seconds(duration):
     return duration.sec + duration.nanosec * 1e-9
 
 
+def replay_controller(stream, start_px, tool_pixels):
+    """Follow ``stream`` [(receipt time, JointTrajectory)] as a JointTrajectoryController does, in
+    the tool's pixels (each trajectory interpolated from the setpoint it had on receipt; the first
+    from ``start_px``). Returns (receipt, setpoint on receipt, message) per message."""
+    from real_robot.control import sample_trajectory
+
+    out, path, setpoint = [], None, start_px
+    for t, msg in stream:
+        if path is not None:
+            setpoint = sample_trajectory(*path, t)
+        out.append((t, setpoint, msg))
+        path = (np.array([t] + [t + seconds(p.time_from_start) for p in msg.points]),
+                np.array([setpoint] + [tool_pixels(p.positions) for p in msg.points]))
+    return out
+
+
 _clients = {}
 
 
@@ -195,7 +211,6 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
     from envs.geometry import block_keypoints
 
     sys.path.insert(0, str(PACKAGE))
-    from real_robot.control import sample_trajectory
     from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics
 
     max_joint_velocity = 3.0
@@ -296,16 +311,9 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert len(hold.points) == 1 and t_hold <= 3 * DT + 0.2, [round(t, 3) for t, _ in after]
         # The hold keeps the arm at its commanded setpoint (between the points of the last trajectory),
         # not at the stale measured pose, which the plan has long left: no jump back.
-        # Replay the stream as a JointTrajectoryController follows it (each trajectory from the
-        # setpoint it had on receipt; the first from the arm): the hold goes to that setpoint.
-        stream = [(t, m) for t, m in trajectories if t_enable < t < t_stop + t_hold]
-        setpoint, path = agent.copy(), None
-        for t, msg in stream + [(t_stop + t_hold, None)]:
-            if path is not None:
-                setpoint = sample_trajectory(*path, t)
-            if msg is not None:
-                path = (np.array([t] + [t + seconds(p.time_from_start) for p in msg.points]),
-                        np.array([setpoint] + [tool_pixels(p.positions) for p in msg.points]))
+        # Replay the stream as a JointTrajectoryController follows it: the hold goes to that setpoint.
+        up_to_hold = trajectories[:next(i for i, (_, m) in enumerate(trajectories) if m is hold) + 1]
+        setpoint = replay_controller([(t, m) for t, m in up_to_hold if t > t_enable], agent.copy(), tool_pixels)[-1][1]
         assert np.linalg.norm(tool_pixels(hold.points[0].positions) - setpoint) <= 15, \
             (tool_pixels(hold.points[0].positions), setpoint)
         assert statuses[-1]["state"] == "stale_observation" and statuses[-1]["holds"] >= 1
@@ -314,6 +322,15 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         publishing.set()
         t_resume = time.monotonic()
         assert wait_for(lambda: sum(t > t_resume and len(m.points) > 1 for t, m in trajectories) >= 5, 5)
+
+        # Every trajectory so far (enable from a standstill, the stream, the hold, the resumption from
+        # the held setpoint) gives the controller time to reach its first point within the speed
+        # limit (40 px per 0.1 s), up to the test's own receipt-time jitter (10 px).
+        for t, setpoint, msg in replay_controller([(t, m) for t, m in trajectories if t > t_enable], agent.copy(),
+                                                  tool_pixels):
+            lead = seconds(msg.points[0].time_from_start)
+            distance = np.linalg.norm(tool_pixels(msg.points[0].positions) - setpoint)
+            assert distance <= 400 * lead + 10, (t - t_enable, distance, lead)
 
         # 5. E-stop latches: nothing new, re-enable refused until reset; reset leaves it disabled.
         assert call(ros, Trigger, "/robot/policy/estop", Trigger.Request()).success

@@ -45,6 +45,11 @@ class ActionSchedule:
     def pending(self, now: float) -> List[PlannedAction]:
         return [p for p in self.plan if p.time > now + self.margin]
 
+    def ahead(self, now: float) -> List[PlannedAction]:
+        """Points not yet due (a trajectory may include those within the margin: the controller
+        interpolates to them from its setpoint)."""
+        return [p for p in self.plan if p.time > now]
+
     def prune(self, now: float) -> None:
         """Forget actions whose time has passed (keeps the most recent one as 'last commanded')."""
         past = [i for i, p in enumerate(self.plan) if p.time <= now]
@@ -162,12 +167,24 @@ def sample_trajectory(times: np.ndarray, positions: np.ndarray, t: float) -> np.
     return np.array([np.interp(t, times, positions[:, d]) for d in range(positions.shape[1])])
 
 
+def first_point_lead(first: PlannedAction, setpoint_px: np.ndarray, setpoint_joints: Optional[np.ndarray],
+                     following: bool, max_speed_px: float, max_joint_velocity: float, dt: float) -> float:
+    """Earliest time_from_start of a trajectory's first point: the controller moves there from its
+    setpoint, so lead >= |p_0 - s| / v_px and, with joints known, max_j |q_0j - s_j| / v_q. From a
+    standstill (``following`` False: the setpoint is a measurement) at least one period as well."""
+    lead = float(np.linalg.norm(np.asarray(first.pixels) - setpoint_px)) / max_speed_px
+    if setpoint_joints is not None and first.joints is not None:
+        lead = max(lead, float(np.abs(np.asarray(first.joints) - setpoint_joints).max()) / max_joint_velocity)
+    return lead if following else max(lead, dt)
+
+
 def attach_joints(timed: List[PlannedAction], arm, calibration, seed: np.ndarray, check_speed: bool,
                   previous_time: float, dt: float, max_joint_velocity: float) -> bool:
     """Solve IK for each planned action in turn, each seeded by the previous solution, and cut the
     plan at the first unreachable target or joint-speed violation (|Δq| / Δt > limit, Δt at least
-    one period: the controller interpolates to the first point). ``check_speed`` False skips the
-    check against ``seed`` (a branch preference, not the arm's position). True if it had to cut."""
+    one period for the first point, whose timing ``first_point_lead`` bounds when it is published).
+    ``check_speed`` False skips the check against ``seed`` (a branch preference, not the arm's
+    position). True if it had to cut."""
     for i, planned in enumerate(timed):
         joints = arm.inverse(calibration.tool_pose(planned.pixels), seed)
         seconds = max(planned.time - previous_time, dt)

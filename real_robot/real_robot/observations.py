@@ -75,27 +75,27 @@ def image_from_msg(msg, size: int) -> np.ndarray:
 
 
 def observation_parts(obs_type: str, agent_from_joints: bool) -> tuple:
-    """The ``latest`` keys an observation is made of: (agent part, block keypoints or image part)."""
+    """The keys of ``parts`` an observation is made of: (agent part, block keypoints or image part)."""
     return ("joints" if agent_from_joints else "agent"), ("keypoints" if obs_type == "lowdim" else "image")
 
 
-def observation_time(latest: dict, obs_type: str, agent_from_joints: bool):
+def observation_time(parts: dict, obs_type: str, agent_from_joints: bool):
     """t_obs of the observation ``compose_observation`` would build (the oldest stamp of its parts),
     or None while a part is missing."""
-    parts = [latest.get(key) for key in observation_parts(obs_type, agent_from_joints)]
+    parts = [parts.get(key) for key in observation_parts(obs_type, agent_from_joints)]
     return None if any(part is None for part in parts) else min(part[1] for part in parts)
 
 
-def compose_observation(latest: dict, obs_type: str, agent_from_joints: bool, arm, calibration: PlanarCalibration):
-    """The policy input from the newest decoded messages ``latest[key] = (value, stamp)``:
+def compose_observation(parts: dict, obs_type: str, agent_from_joints: bool, arm, calibration: PlanarCalibration):
+    """The policy input from decoded messages ``parts[key] = (value, stamp)``:
     ``({"obs": (1, 20)} | {"image": (1, 3, H, W), "agent_pos": (1, 2)}, t_obs, agent_px)`` with
     t_obs the oldest stamp of its parts, or None while a part is missing. The agent comes from
     ``agent_pose`` or, with ``agent_from_joints``, from the joint states through forward kinematics."""
-    t_obs = observation_time(latest, obs_type, agent_from_joints)
+    t_obs = observation_time(parts, obs_type, agent_from_joints)
     if t_obs is None:
         return None
     agent_key, other_key = observation_parts(obs_type, agent_from_joints)
-    agent, other = latest[agent_key], latest[other_key]
+    agent, other = parts[agent_key], parts[other_key]
     if agent_from_joints:
         agent = (calibration.to_pixels(arm.forward(agent[0])[:2, 3]), agent[1])
     if obs_type == "lowdim":
@@ -116,9 +116,13 @@ class TimedObservations:
         self.parts: Dict[str, deque] = {}
 
     def add(self, key: str, value, stamp: float) -> None:
+        """Append a message; a slightly older one (reordered) is ignored, one older than the whole
+        span means the clock went back (sim time restarted, NTP step): the part starts over."""
         entries = self.parts.setdefault(key, deque())
         if entries and stamp < entries[-1][1]:
-            return  # out of order: the newer message already stands for this part
+            if stamp >= entries[-1][1] - self.span:
+                return
+            entries.clear()
         entries.append((value, stamp))
         while len(entries) > 1 and entries[1][1] <= stamp - self.span:
             entries.popleft()
@@ -130,19 +134,26 @@ class TimedObservations:
         entries = self.parts.get(key)
         return entries[-1][0] if entries else None
 
-    def at(self, t: float, dt: float, eps: float = 1e-3) -> Dict[str, tuple]:
-        """Each part as of time ``t``: its newest message stamped in (t - dt, t]; with none there
-        (start-up, or a gap) its oldest message after ``t``, so the first frame repeats, as at a reset."""
+    def at(self, t: float, dt: float, max_hold: float) -> Dict[str, tuple]:
+        """Each part as of time ``t``: its message nearest to t within ±dt/2 (ties: the newer);
+        failing that, the newest one before t if at most ``max_hold`` old (a sensor slower than the
+        control clock); failing that, the oldest one after t, so the first frame repeats at start-up
+        and after a gap, as at a reset."""
         frame = {}
         for key, entries in self.parts.items():
-            before = [entry for entry in entries if entry[1] <= t + eps]
-            if before and before[-1][1] > t - dt - eps:
-                frame[key] = before[-1]
+            stamps = np.array([stamp for _, stamp in entries])
+            distance = np.abs(stamps - t)
+            nearest = int(np.flatnonzero(distance == distance.min())[-1])
+            before = np.flatnonzero(stamps <= t)
+            if distance[nearest] <= dt / 2:
+                frame[key] = entries[nearest]
+            elif before.size and t - stamps[before[-1]] <= max_hold:
+                frame[key] = entries[int(before[-1])]
             else:
-                frame[key] = next((entry for entry in entries if entry[1] > t + eps), entries[-1])
+                after = np.flatnonzero(stamps > t)
+                frame[key] = entries[int(after[0])] if after.size else entries[-1]
         return frame
 
-
-    def history(self, t_obs: float, n_steps: int, dt: float) -> list:
+    def history(self, t_obs: float, n_steps: int, dt: float, max_hold: float) -> list:
         """The parts of the policy's n_steps input frames, at t_obs - (n_steps - 1 - k)·dt for k = 0..n_steps-1."""
-        return [self.at(t_obs - (n_steps - 1 - k) * dt, dt) for k in range(n_steps)]
+        return [self.at(t_obs - (n_steps - 1 - k) * dt, dt, max_hold) for k in range(n_steps)]

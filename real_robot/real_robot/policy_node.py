@@ -78,18 +78,15 @@ class PolicyNode(SafetySwitches):
         self.image_size = PUSHT_IMAGE_SIZE if self.obs_type == "image" else None
         self.generator = torch.Generator(device=p["device"]).manual_seed(p["seed"]) if p["seed"] >= 0 else None
 
-        from policy.executor import ObservationHistory
-
-        self.history = ObservationHistory(self.n_obs_steps)
         self.schedule = ActionSchedule(self.dt, p["latency_margin_s"])
         self.lock = threading.Lock()
-        self.observations = TimedObservations(span=(self.n_obs_steps + 1) * self.dt)
+        # Kept long enough for the oldest frame even when one part lags the other by a stale period.
+        self.observations = TimedObservations(span=(self.n_obs_steps + p["stale_factor"] + 1) * self.dt)
         self.enabled = bool(p["enabled"])
         self.estopped = False
         self.state = "waiting_for_observations"
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
-        self.plan_published = False   # has any of the current plan gone to the controller?
-        self.published_path = None    # (times, pixels, joints | None) of the last trajectory, from its start setpoint
+        self.published_path = None    # (times, pixels, joints | None) the controller follows, from its setpoint on receipt
         self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
         self.inference_in_flight = False
         self.inference_started = 0.0
@@ -162,8 +159,13 @@ class PolicyNode(SafetySwitches):
                 return
             header = getattr(msg, "header", None)
             stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 if header is not None else 0.0
+            now = self.now()
             if stamp == 0.0:
-                stamp = self.now()
+                stamp = now
+            elif stamp > now + self.dt:
+                self.node.get_logger().warning(f"ignoring {key} message stamped {stamp - now:.3f} s in the future: "
+                                               "synchronise the clocks (chrony / NTP)", throttle_duration_sec=2.0)
+                return
             with self.lock:
                 self.observations.add(key, value, stamp)
         return callback
@@ -179,17 +181,16 @@ class PolicyNode(SafetySwitches):
         return self._compose(newest)
 
     def _stacked_history(self, t_obs: float):
-        """The policy input: n_obs_steps frames one period apart ending at t_obs, picked by stamp."""
-        frames = [self._compose(parts)[0] for parts in self.observations.history(t_obs, self.n_obs_steps, self.dt)]
-        self.history.reset(frames[0])  # the shared stacking (a missing earlier frame repeats the first)
-        for frame in frames[1:]:
-            self.history.append(frame)
-        return self.history.stacked()
+        """The policy input: n_obs_steps frames one period apart ending at t_obs, picked by stamp
+        (each (1, n_obs_steps, ...)). Under the lock."""
+        frames = [self._compose(parts)[0] for parts in self.observations.history(
+            t_obs, self.n_obs_steps, self.dt, max_hold=self.p["stale_factor"] * self.dt)]
+        return {key: np.stack([frame[key] for frame in frames], axis=1) for key in frames[-1]}
 
     # --- control clock --------------------------------------------------------------------
     def _hold_if_stale(self, now: float, t_obs: float) -> bool:
         """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
-        if now - t_obs <= self.p["stale_factor"] * self.dt:
+        if -self.dt <= now - t_obs <= self.p["stale_factor"] * self.dt:  # (stamps beyond +dt are refused)
             return False
         if not self.holding:
             self._hold("stale observation")
@@ -236,7 +237,7 @@ class PolicyNode(SafetySwitches):
     def _publish_command(self, pending, now: float) -> None:
         mode = self.p["output_mode"]
         if mode == "joint_trajectory":
-            msg = self._limited_trajectory(pending, now)
+            msg = self._limited_trajectory(self.schedule.ahead(now), now)
         elif mode == "pose":
             msg = self.commands.pose_stamped(pending[0].pixels, pending[0].time)
         else:
@@ -244,7 +245,6 @@ class PolicyNode(SafetySwitches):
         if mode != "joint_trajectory":
             self.last_sent = (pending[0].pixels, pending[0].joints)
         self.command_pub.publish(msg)
-        self.plan_published = True
         self.stats["commands"] += 1
         if self.chunk_obs_time is not None and self.last_e2e_chunk != self.stats["chunks"]:
             # End to end: observation stamp -> first command carrying that observation's chunk.

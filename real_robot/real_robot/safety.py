@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 
-from real_robot.control import sample_trajectory
+from real_robot.control import first_point_lead, sample_trajectory
 from real_robot.params import RUNTIME_PARAMETERS
 
 
@@ -81,7 +81,6 @@ class SafetySwitches:
     def _drop_plan(self) -> None:
         """Forget the plan and any inference in flight (its result will be discarded)."""
         self.schedule.clear()
-        self.plan_published = False
         self.published_path = None
         self.last_sent = None
         self.generation += 1
@@ -107,9 +106,16 @@ class SafetySwitches:
         if joints is None and setpoint_px is not None:
             seed = self.last_joints if self.last_joints is not None else self.p["home_joints"]
             joints = self.arm.inverse(self.calibration.tool_pose(setpoint_px), seed)
-        if joints is not None:
-            self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt) if mode == "joint_trajectory"
-                                     else self.commands.float_array(joints))
+        if joints is None:
+            return
+        if mode == "joint_trajectory":
+            self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt))
+            if setpoint_px is not None:  # the controller now holds there: a later plan starts from it
+                now = self.now()
+                self.published_path = (np.array([now, now + self.dt]), np.array([setpoint_px] * 2),
+                                       np.array([joints] * 2))
+        else:
+            self.command_pub.publish(self.commands.float_array(joints))
 
     def _commanded_setpoint(self, now: float):
         """Where the arm is being sent right now, as (pixels, joints): the last published trajectory
@@ -120,26 +126,25 @@ class SafetySwitches:
             return self.hold_setpoint  # a second hold (e-stop during a stale hold) stays where the first sent it
         if self.p["output_mode"] != "joint_trajectory" and self.last_sent is not None:
             return self.last_sent  # step setpoints: the arm was sent to the last one
-        if self.plan_published and self.published_path is not None:  # published implies enabled
+        if self.published_path is not None:  # a trajectory the controller follows (implies enabled)
             times, pixels, joints = self.published_path
             return (sample_trajectory(times, pixels, now),
                     None if joints is None else sample_trajectory(times, joints, now))
         return self.agent_px, self.observations.newest_value("joints")
 
-    def _limited_trajectory(self, pending, now: float):
-        """The pending plan as a JointTrajectory; remembers it as the controller will follow it
-        (from its setpoint at ``now``). The first point comes no sooner than the velocity limit
-        allows from that setpoint: with the plan already running that is its scheduled time (no
-        lag); from a standstill the measured arm can be up to a clamped step away."""
+    def _limited_trajectory(self, points, now: float):
+        """``points`` as a JointTrajectory, remembered as the controller will follow it (from its
+        setpoint at ``now``); the first point comes no sooner than the speed limits allow from that
+        setpoint (``first_point_lead``): while a trajectory runs, at its scheduled time (no lag)."""
+        following = self.published_path is not None
         setpoint_px, setpoint_joints = self._commanded_setpoint(now)
-        max_speed = min(self.p["max_velocity_px_s"], self.p["max_step_px"] / self.dt)
-        min_lead = self.dt if setpoint_px is None else float(np.linalg.norm(pending[0].pixels - setpoint_px)) / max_speed
-        msg, delay = self.commands.trajectory(pending, now, min_lead)
-        times = np.array([now] + [planned.time + delay for planned in pending])
-        pixels = np.array([setpoint_px if setpoint_px is not None else pending[0].pixels]
-                          + [planned.pixels for planned in pending])
-        joints = None if setpoint_joints is None else np.array([setpoint_joints] + [planned.joints for planned in pending])
-        self.published_path = (times, pixels, joints)
+        max_speed_px = min(self.p["max_velocity_px_s"], self.p["max_step_px"] / self.dt)
+        lead = first_point_lead(points[0], setpoint_px, setpoint_joints, following, max_speed_px,
+                                self.p["max_joint_velocity"], self.dt)
+        msg, delay = self.commands.trajectory(points, now, lead)
+        joints = None if setpoint_joints is None else np.array([setpoint_joints] + [p.joints for p in points])
+        self.published_path = (np.array([now] + [p.time + delay for p in points]),
+                               np.array([setpoint_px] + [p.pixels for p in points]), joints)
         return msg
 
     def stop_on_shutdown(self) -> None:

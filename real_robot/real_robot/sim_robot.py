@@ -1,8 +1,8 @@
 """``sim_robot``: the Push-T simulation behind the same topics as the real setup.
 
-Every control period it executes the command due now, steps ``envs.pusht_env.PushTEnv`` and
-publishes the agent pose (``agent_pose``, PoseStamped, table frame), the block pose
-(``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), joint states
+Every control period it publishes the state at that time, then executes the command due then for
+one period (a step of ``envs.pusht_env.PushTEnv``). The state: the agent pose (``agent_pose``,
+PoseStamped, table frame), the block pose (``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), joint states
 (``joint_states``: IK of the tool over the agent for ``arm_model`` ur5 | ur5e | fr3), an optional
 camera image (``image``, rgb8) and ``~/score`` (Float64MultiArray: step, reward, max reward,
 coverage, done).
@@ -10,8 +10,8 @@ coverage, done).
 Commands: ``command_pose`` (PoseStamped; executed at its header stamp, 0 = now) and
 ``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start). As a
 JointTrajectoryController does, a new trajectory replaces the old one and is followed by linear
-interpolation from the position commanded at its receipt, so a stream of trajectories whose first
-point always lies ahead still moves the arm. The points are mapped to pixels by FK and interpolated
+interpolation from the position commanded at its receipt, so a stream of trajectories each
+replacing the last moves the arm continuously. The points are mapped to pixels by FK and interpolated
 there (for the table-plane motions of Push-T, joint-space interpolation between points 0.1 s apart
 differs by well under a pixel); each tick executes the position the trajectory has at that time.
 """
@@ -152,6 +152,8 @@ class SimRobot:
             self.p["seed"] += 1
             self.env.reset(seed=self.p["seed"])
             self.step_count, self.max_reward, self.done = 0, 0.0, False
+            with self.lock:  # the new episode starts with the next command, not the old plan's rest
+                self.target, self.trajectory, self.points = None, None, []
 
     def _publish_state(self, stamp: float, agent_px) -> None:
         from envs.geometry import block_keypoints
