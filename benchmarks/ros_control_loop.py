@@ -123,7 +123,8 @@ def main() -> None:
         "stale_holds": last["holds"] - first["holds"], "inference_timeouts": last["timeouts"] - first["timeouts"],
         "all_stale_chunks": last["stale_chunks"] - first["stale_chunks"],
         "ik_or_joint_speed_truncations": last["ik_failures"] - first["ik_failures"],
-        "episodes": len(episodes), "episode_seeds": f"100000-{100000 + len(episodes) - 1}",
+        # Episodes over the whole run (the first starts with the first command, before the warm-up).
+        "episodes": len(episodes), "episode_seeds": f"100000-{100000 + len(episodes) - 1}" if episodes else "none",
         "episode_mean_max_score": float(np.mean([score for score, _ in episodes])) if episodes else float("nan"),
         "episode_success_rate": float(np.mean([cov > 0.95 for _, cov in episodes])) if episodes else float("nan"),
         "episode_max_scores": [round(float(score), 4) for score, _ in episodes],

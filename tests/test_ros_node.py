@@ -564,3 +564,31 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         holder.node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_sim_publishes_the_state_before_executing_the_command():
+    """A tick publishes the state at its time, then executes the command due then for one period:
+    an observation stamped t is the state at t, and the action due at t acts on it."""
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.sim_robot import SimRobot
+
+    rclpy.init(args=["--ros-args", "-p", "seed:=100000"])
+    try:
+        sim = SimRobot("sim_probe")
+        sim.pub_agent = recorder = Recorder()
+
+        def published():
+            pose = recorder.messages[-1].pose.position
+            return sim.calibration.to_pixels(np.array([pose.x, pose.y]))
+
+        start = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        sim.points = [(sim.now(), start + [40.0, 0.0])]  # due now
+        sim._tick()
+        np.testing.assert_allclose(published(), start, atol=1e-6)  # the state before the step
+        moved = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        assert moved[0] > start[0] + 5 and sim.step_count == 1  # ... then the command acted on it
+        sim._tick()
+        np.testing.assert_allclose(published(), moved, atol=1e-6)
+        sim.node.destroy_node()
+    finally:
+        rclpy.shutdown()
