@@ -1,23 +1,22 @@
 """``policy_node``: runs a Diffusion Policy checkpoint as a 10 Hz ROS 2 controller.
 
-Observations (recent messages of each, by stamp; on each 10 Hz control tick the newest complete
-observation, and at a replan the n_obs_steps frames one period apart ending at it): the agent / end-effector position (``agent_pose`` PoseStamped in the table
-frame, or ``joint_states`` + the arm's forward kinematics), the block (``block_keypoints``
-Float64MultiArray of 18 pixel values, or ``block_pose`` PoseStamped) for low-dim policies,
-``image`` (sensor_msgs/Image, rgb8/bgr8) for image policies.
+Observations (recent messages of each, by stamp; each tick uses the newest complete observation, a
+replan the n_obs_steps frames one period apart ending at it): the agent / end-effector position
+(``agent_pose`` PoseStamped in the table frame, or ``joint_states`` + the arm's forward kinematics),
+the block (``block_keypoints`` Float64MultiArray of 18 pixel values, or ``block_pose`` PoseStamped)
+for low-dim policies, ``image`` (sensor_msgs/Image, rgb8/bgr8) for image policies.
 
-Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a
-ros2_control JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for Cartesian
-controllers, stamped with the action's scheduled time) or ``float_array`` (Float64MultiArray of
-joint positions for a forward position controller).
+Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a ros2_control
+JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for
+Cartesian controllers, stamped with the action's scheduled time) or ``float_array``
+(Float64MultiArray of joint positions for a forward position controller).
 
-Safety: starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called with true (or
-``ros2 param set <node> enabled true``);
-``~/estop`` (Trigger) latches a stop until ``~/reset_estop`` (which leaves the node disabled);
-workspace, per-step and joint-speed clamps; stale observations (newest older than
-``stale_factor * dt``) hold position; inference results later than ``inference_timeout_s`` are
-discarded. ``~/status`` (std_msgs/String, JSON) and ``~/predicted_chunk`` (PoseArray, table
-frame) are published for monitoring.
+Safety (``safety.py``): starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called
+with true (or ``ros2 param set <node> enabled true``); ``~/estop`` (Trigger) latches a stop until
+``~/reset_estop`` (which leaves the node disabled); workspace, per-step and joint-speed clamps;
+stale observations (newest older than ``stale_factor * dt``) hold position; inference results later
+than ``inference_timeout_s`` are discarded. ``~/status`` (std_msgs/String, JSON) and
+``~/predicted_chunk`` (PoseArray, table frame) are published for monitoring.
 """
 from __future__ import annotations
 
@@ -188,15 +187,6 @@ class PolicyNode(SafetySwitches):
         return {key: np.stack([frame[key] for frame in frames], axis=1) for key in frames[-1]}
 
     # --- control clock --------------------------------------------------------------------
-    def _hold_if_stale(self, now: float, t_obs: float) -> bool:
-        """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
-        if -self.dt <= now - t_obs <= self.p["stale_factor"] * self.dt:  # (stamps beyond +dt are refused)
-            return False
-        if not self.holding:
-            self._hold("stale observation")
-        self.state = "stale_observation"
-        return True
-
     def _control_tick(self) -> None:
         now = self.now()
         sample = self._sample()

@@ -117,6 +117,15 @@ class SafetySwitches:
         else:
             self.command_pub.publish(self.commands.float_array(joints))
 
+    def _hold_if_stale(self, now: float, t_obs: float) -> bool:
+        """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
+        if -self.dt <= now - t_obs <= self.p["stale_factor"] * self.dt:  # (stamps beyond +dt are refused)
+            return False
+        if not self.holding:
+            self._hold("stale observation")
+        self.state = "stale_observation"
+        return True
+
     def _commanded_setpoint(self, now: float):
         """Where the arm is being sent right now, as (pixels, joints): the last published trajectory
         sampled at ``now`` (a controller interpolates between its points, starting from its setpoint
