@@ -421,7 +421,7 @@ PRETRAINED = REPO / "pretrained" / "pusht_lowdim_small.ckpt"  # the policy whose
 @pytest.mark.xfail(strict=False, reason=(
     "open (issue #7): the policy node process sometimes stalls for seconds (no control tick, observation "
     "callbacks queued), so observations go stale and an episode can be lost; measured in BENCHMARKS.md. "
-    "It failed once in a clean CI run (0.825 on seed 100007) after passing 7 runs under load"))
+    "It failed once in a clean CI run (0.825 on seed 100007) after passing 6 runs under training load"))
 def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
     """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
     back through FK in the sim) solve the seeds the in-process evaluation of the same trained
