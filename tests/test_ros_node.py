@@ -199,9 +199,6 @@ def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoi
 # reasons outside the node's logic (the probe's service call found no service within 10 s, or the
 # probe's 10 Hz observation thread stalled past the 2·dt stale threshold); the same failures came from
 # the commit before this session's last node changes. A rerun re-checks every assertion.
-# Rerun while the node's seconds-long stalls are open (issue #7, BENCHMARKS.md): one clean CI run saw
-# no command in the 3 s after enabling. Every safety assertion must still pass in one run.
-@pytest.mark.flaky(reruns=2, reruns_delay=2)
 def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
     """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
     Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop ->

@@ -31,7 +31,13 @@ class SafetySwitches:
                 level, message = self.log_queue.get_nowait()
             except queue.Empty:
                 return
-            getattr(self.node.get_logger(), level)(message)
+            logger = self.node.get_logger()  # one call site per severity: rclpy refuses to mix them
+            if level == "error":
+                logger.error(message)
+            elif level == "warning":
+                logger.warning(message)
+            else:
+                logger.info(message)
 
     @property
     def holding(self) -> bool:
