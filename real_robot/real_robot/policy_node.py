@@ -21,7 +21,6 @@ than ``inference_timeout_s`` are discarded. ``~/status`` (std_msgs/String, JSON)
 from __future__ import annotations
 
 import json
-import queue
 import sys
 import threading
 import time
@@ -80,7 +79,6 @@ class PolicyNode(SafetySwitches):
 
         self.schedule = ActionSchedule(self.dt, p["latency_margin_s"])
         self.lock = threading.Lock()
-        self.log_queue = queue.SimpleQueue()  # written under the lock, logged by a timer (safety._log)
         # Kept long enough for the oldest frame even when one part lags the other by a stale period.
         self.observations = TimedObservations(span=(self.n_obs_steps + p["stale_factor"] + 1) * self.dt)
         self.enabled = bool(p["enabled"])
@@ -142,7 +140,6 @@ class PolicyNode(SafetySwitches):
         self._warm_up()
         self.guard = node.create_guard_condition(self._run_inference, callback_group=self.inference_group)
         self.timer = node.create_timer(self.dt, self._control_tick, callback_group=self.control_group)
-        node.create_timer(0.2, self._flush_log, callback_group=MutuallyExclusiveCallbackGroup())
         node.get_logger().info(
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
@@ -211,7 +208,7 @@ class PolicyNode(SafetySwitches):
             self.stats["timeouts"] += 1
             self.generation += 1  # its result will be discarded
             self.inference_in_flight = False
-            self._log("warning", "inference timed out; result will be discarded")
+            self.node.get_logger().warning("inference timed out; result will be discarded")
         if not self.inference_in_flight and self.schedule.needs_replan(
                 now, self.latency_estimate, self.p["handover_margin_steps"]):
             self.request = (self._stacked_history(t_obs), t_obs, self.generation)
@@ -284,7 +281,7 @@ class PolicyNode(SafetySwitches):
             self.last_latency = latency
             self.latency_estimate = max(latency, 0.8 * self.latency_estimate + 0.2 * latency)
             if not np.isfinite(actions).all():
-                self._log("error", "policy returned non-finite actions; chunk dropped")
+                self.node.get_logger().error("policy returned non-finite actions; chunk dropped")
                 return
             timed, report = self.schedule.schedule(actions, t_obs, now)
             ik_start = self._clamp_pixels(timed, now)

@@ -5,7 +5,6 @@ the commanded setpoint: the controller would otherwise finish the last trajector
 is timed so the controller's move from that setpoint to its first point respects the speed limit."""
 from __future__ import annotations
 
-import queue
 import time
 
 import numpy as np
@@ -18,26 +17,6 @@ from real_robot.params import RUNTIME_PARAMETERS
 class SafetySwitches:
     """Mixed into PolicyNode: works on the state its ``__init__`` sets (``lock``, ``p``, ``enabled``,
     ``estopped``, ``hold_setpoint``, the plan and its bookkeeping, the publishers, arm and calibration)."""
-
-    def _log(self, level: str, message: str) -> None:
-        """Queue a log line for ``_flush_log``: under the lock, logging directly stalled the node for
-        seconds (rclpy's logger looks up its caller's source file on every call, while every
-        observation callback waited for the lock and the stale holds it caused logged again)."""
-        self.log_queue.put((level, message))
-
-    def _flush_log(self) -> None:
-        while True:
-            try:
-                level, message = self.log_queue.get_nowait()
-            except queue.Empty:
-                return
-            logger = self.node.get_logger()  # one call site per severity: rclpy refuses to mix them
-            if level == "error":
-                logger.error(message)
-            elif level == "warning":
-                logger.warning(message)
-            else:
-                logger.info(message)
 
     @property
     def holding(self) -> bool:
@@ -64,7 +43,7 @@ class SafetySwitches:
                     # the first enabled chunk starts again from the measured position.
                     self._drop_plan()
                 if self.enabled != parameter.value:
-                    self._log("info", "enabled" if parameter.value else "disabled (dry run)")
+                    self.node.get_logger().info("enabled" if parameter.value else "disabled (dry run)")
                 self.enabled = parameter.value
         return SetParametersResult(successful=True)
 
@@ -115,7 +94,7 @@ class SafetySwitches:
         setpoint_px, setpoint_joints = self.hold_setpoint = self._commanded_setpoint(self.now())
         self._drop_plan()
         self.stats["holds"] += 1
-        self._log("warning", f"holding position: {reason}")
+        self.node.get_logger().warning(f"holding position: {reason}")
         if not (self.enabled and (self.p["publish_hold"] or force)):
             return
         mode = self.p["output_mode"]
@@ -189,7 +168,6 @@ class SafetySwitches:
             if not self.enabled or self.estopped:
                 return
             self._hold("node shutting down", force=True)
-        self._flush_log()
         try:
             self.command_pub.wait_for_all_acked(Duration(seconds=1.0))
         except Exception:  # noqa: BLE001 - best effort: an older rclpy, or no subscriber left
