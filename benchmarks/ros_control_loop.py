@@ -8,7 +8,7 @@ Measures, from a monitor node: the JointTrajectory command period (p50 / p99 and
 next chunk's first action due no later than one period after the previous chunk's last), and
 the end-to-end latency from an observation's stamp to the first command computed from it.
 The sim robot resets to the next seed whenever an episode ends, so the loop runs throughout;
-the task score of each finished episode (seeds 100000, 100001, ...: max reward, and success =
+the task score of each finished episode (seeds 100000, 100001, ... or from ``--first-seed``: max reward, and success =
 max coverage > 0.95 as in ``eval.py``) is reported too, to compare with ``eval.py`` on the same seeds.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=300.0, help="seconds of control (default 300)")
     parser.add_argument("--rate", type=float, default=10.0, help="control rate in Hz")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds ignored after the first command")
+    parser.add_argument("--first-seed", type=int, default=100000, help="the sim's first episode seed")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
@@ -57,7 +58,7 @@ def main() -> None:
         **preset, "checkpoint": str(Path(args.checkpoint).resolve()), "enabled": True, "control_rate_hz": args.rate}}}))
     sim_params = workdir / "sim.yaml"
     sim_params.write_text(yaml.safe_dump({"/**": {"ros__parameters": {
-        "control_rate_hz": args.rate, "max_steps": 300, "auto_reset": True}}}))
+        "control_rate_hz": args.rate, "max_steps": 300, "auto_reset": True, "seed": args.first_seed}}}))
     procs = [subprocess.Popen([sys.executable, "-m", f"real_robot.{exe}", "--ros-args", "-r", "__ns:=/bench",
                                "--params-file", str(params)], env=env, stdout=open(workdir / f"{exe}.log", "w"),
                               stderr=subprocess.STDOUT)
@@ -124,7 +125,7 @@ def main() -> None:
         "all_stale_chunks": last["stale_chunks"] - first["stale_chunks"],
         "ik_or_joint_speed_truncations": last["ik_failures"] - first["ik_failures"],
         # Episodes over the whole run (the first starts with the first command, before the warm-up).
-        "episodes": len(episodes), "episode_seeds": f"100000-{100000 + len(episodes) - 1}" if episodes else "none",
+        "episodes": len(episodes), "episode_seeds": f"{args.first_seed}-{args.first_seed + len(episodes) - 1}" if episodes else "none",
         "episode_mean_max_score": float(np.mean([score for score, _ in episodes])) if episodes else float("nan"),
         "episode_success_rate": float(np.mean([cov > 0.95 for _, cov in episodes])) if episodes else float("nan"),
         "episode_max_scores": [round(float(score), 4) for score, _ in episodes],

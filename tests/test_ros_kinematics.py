@@ -1,5 +1,5 @@
 """ROS-free parts of the deployment package: UR5/UR5e and FR3 IK round trips, calibration, the
-latency-compensated schedule, clamps and parameter coercion."""
+latency-compensated schedule, clamps, parameter coercion and the inference thread."""
 import math
 import sys
 from pathlib import Path
@@ -14,6 +14,7 @@ from real_robot.kinematics import (  # noqa: E402
     PlanarCalibration, URKinematics, matrix_to_quaternion, quaternion_to_matrix,
 )
 from real_robot.observations import TimedObservations  # noqa: E402
+from real_robot.worker import WakeableWorker  # noqa: E402
 
 DEFAULT_AFFINE = [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]
 
@@ -328,3 +329,41 @@ def test_parameters_validate_per_arm():
         validate(dict(base, checkpoint="x.ckpt", ur_model="ur5"))
     # Cartesian output drives any arm: its joint names are not checked against arm_model.
     validate(dict(base, checkpoint="x.ckpt", output_mode="pose", joint_names=[f"j{i}" for i in range(7)]))
+
+
+def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
+    """Wakes during a run give one more run, not one each; a failing run is reported and the
+    thread goes on; ``stop`` ends it after the current run."""
+    import threading
+    import time
+
+    runs, errors, release = [], [], threading.Event()
+
+    def work():
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            release.wait(5)  # the first run blocks while more wakes arrive
+        if len(runs) == 2:
+            raise RuntimeError("bad chunk")
+
+    worker = WakeableWorker(work, on_error=errors.append, name="test-inference")
+    worker.start()
+    worker.wake()
+    deadline = time.monotonic() + 5
+    while not runs and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for _ in range(5):
+        worker.wake()
+    release.set()
+    time.sleep(0.2)
+    assert len(runs) == 2 and [str(e) for e in errors] == ["bad chunk"]
+    worker.wake()  # still alive after the error
+    deadline = time.monotonic() + 5
+    while len(runs) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(runs) == 3
+    worker.stop()
+    assert not worker.thread.is_alive()
+    worker.wake()
+    time.sleep(0.05)
+    assert len(runs) == 3

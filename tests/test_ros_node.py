@@ -199,9 +199,6 @@ def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoi
 # reasons outside the node's logic (the probe's service call found no service within 10 s, or the
 # probe's 10 Hz observation thread stalled past the 2·dt stale threshold); the same failures came from
 # the commit before this session's last node changes. A rerun re-checks every assertion.
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue #7): in clean CI runs the node often sends no command for seconds after enabling (the node "
-    "stalls measured in BENCHMARKS.md); it passes locally (9 of 9) and passed one CI run"))
 def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
     """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
     Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop ->
@@ -421,10 +418,6 @@ def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
 PRETRAINED = REPO / "pretrained" / "pusht_lowdim_small.ckpt"  # the policy whose DDS loop was validated (BENCHMARKS.md)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "open (issue #7): the policy node process sometimes stalls for seconds (no control tick, observation "
-    "callbacks queued), so observations go stale and an episode can be lost; measured in BENCHMARKS.md. "
-    "It failed once in a clean CI run (0.825 on seed 100007) after passing 6 runs under training load"))
 def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
     """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
     back through FK in the sim) solve the seeds the in-process evaluation of the same trained
@@ -548,7 +541,7 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
 
         observe([200.0, 300.0])
         holder._control_tick()         # requests a chunk
-        holder._run_inference()        # (the executor would run it in the inference group)
+        holder._run_inference()        # (the node's inference thread would run it)
         observe([200.0, 300.0])
         holder._control_tick()         # publishes the plan
         plan = recorder.messages[-1]
@@ -596,6 +589,43 @@ def test_sim_publishes_the_state_before_executing_the_command():
         assert moved[0] > start[0] + 5 and sim.step_count == 1  # ... then the command acted on it
         sim._tick()
         np.testing.assert_allclose(published(), moved, atol=1e-6)
+        sim.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+def test_sim_auto_reset_pauses_before_the_next_episode():
+    """After an episode ends with ``auto_reset``, the sim publishes the next seed's state but executes
+    no command for ``reset_pause_s``: the policy's history and plan refill from the new scene first."""
+    from envs.pusht_env import PushTEnv
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.sim_robot import SimRobot
+
+    rclpy.init(args=["--ros-args", "-p", "seed:=100000", "-p", "max_steps:=1", "-p", "auto_reset:=true",
+                     "-p", "reset_pause_s:=0.3"])
+    try:
+        sim = SimRobot("sim_reset_probe")
+        sim.pub_agent = recorder = Recorder()
+        start = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        sim.points = [(sim.now(), start + [40.0, 0.0])]
+        sim._tick()  # the one step of episode 100000, then the reset to 100001
+        fresh = PushTEnv(obs_type="keypoints")
+        fresh.reset(seed=100001)
+        next_start = np.array(fresh.physics.agent_position, dtype=np.float64)
+        assert sim.p["seed"] == 100001 and sim.step_count == 0
+        sim.p["max_steps"] = 300  # the next episode runs on
+        for _ in range(2):  # paused: a command due now is not executed
+            sim.points = [(sim.now(), next_start + [40.0, 0.0])]
+            sim._tick()
+            pose = recorder.messages[-1].pose.position
+            np.testing.assert_allclose(sim.calibration.to_pixels(np.array([pose.x, pose.y])), next_start, atol=1e-6)
+            np.testing.assert_allclose(sim.env.physics.agent_position, next_start, atol=1e-9)
+            assert sim.step_count == 0
+        time.sleep(0.3)
+        sim.points = [(sim.now(), next_start + [40.0, 0.0])]
+        sim._tick()  # the pause is over: the first command starts the episode
+        assert sim.step_count == 1 and sim.env.physics.agent_position[0] > next_start[0] + 5
         sim.node.destroy_node()
     finally:
         rclpy.shutdown()

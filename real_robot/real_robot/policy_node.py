@@ -11,6 +11,8 @@ JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (
 Cartesian controllers, stamped with the action's scheduled time) or ``float_array``
 (Float64MultiArray of joint positions for a forward position controller).
 
+Inference runs in its own thread (``worker.py``); one executor thread serves the rest.
+
 Safety (``safety.py``): starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called
 with true (or ``ros2 param set <node> enabled true``); ``~/estop`` (Trigger) latches a stop until
 ``~/reset_estop`` (which leaves the node disabled); workspace, per-step and joint-speed clamps;
@@ -37,16 +39,16 @@ from real_robot.observations import (
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
+from real_robot.worker import WakeableWorker
 
 PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
 
 
 class PolicyNode(SafetySwitches):
-    """Owns the rclpy node; built by ``main`` (and by the benchmark in-process)."""
+    """Owns the rclpy node and the inference thread; built by ``main`` (and by tests in-process)."""
 
     def __init__(self, node_name: str = "policy_node", policy=None) -> None:
         import torch
-        from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
 
@@ -99,31 +101,22 @@ class PolicyNode(SafetySwitches):
         self.chunk_obs_time: Optional[float] = None
         self.agent_px: Optional[np.ndarray] = None
 
-        self.control_group = MutuallyExclusiveCallbackGroup()
-        self.inference_group = MutuallyExclusiveCallbackGroup()
-        obs_group = ReentrantCallbackGroup()
         sensor_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         reliable = QoSProfile(depth=10)
 
+        subscribe = node.create_subscription
         if p["agent_source"] == "pose":
-            node.create_subscription(PoseStamped, "agent_pose",
-                                     self._store("agent", lambda m: agent_from_pose(m, self.calibration)),
-                                     reliable, callback_group=obs_group)
-        node.create_subscription(JointState, "joint_states",
-                                 self._store("joints", lambda m: joints_from_state(m, p["joint_names"])),
-                                 reliable, callback_group=obs_group)
-        if self.obs_type == "lowdim":
-            if p["block_source"] == "keypoints":
-                node.create_subscription(Float64MultiArray, "block_keypoints",
-                                         self._store("keypoints", keypoints_from_array),
-                                         reliable, callback_group=obs_group)
-            else:
-                node.create_subscription(PoseStamped, "block_pose",
-                                         self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)),
-                                         reliable, callback_group=obs_group)
+            subscribe(PoseStamped, "agent_pose", self._store("agent", lambda m: agent_from_pose(m, self.calibration)),
+                      reliable)
+        subscribe(JointState, "joint_states", self._store("joints", lambda m: joints_from_state(m, p["joint_names"])),
+                  reliable)
+        if self.obs_type == "image":
+            subscribe(Image, "image", self._store("image", lambda m: image_from_msg(m, self.image_size)), sensor_qos)
+        elif p["block_source"] == "keypoints":
+            subscribe(Float64MultiArray, "block_keypoints", self._store("keypoints", keypoints_from_array), reliable)
         else:
-            node.create_subscription(Image, "image", self._store("image", lambda m: image_from_msg(m, self.image_size)),
-                                     sensor_qos, callback_group=obs_group)
+            subscribe(PoseStamped, "block_pose",
+                      self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)), reliable)
 
         mode = p["output_mode"]
         message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
@@ -131,15 +124,19 @@ class PolicyNode(SafetySwitches):
         self.status_pub = node.create_publisher(String, "~/status", reliable)
         self.chunk_pub = node.create_publisher(PoseArray, "~/predicted_chunk", reliable)
         self.chunk_px_pub = node.create_publisher(Float64MultiArray, "~/predicted_chunk_px", reliable)
-        node.create_service(SetBool, "~/enable", self._on_enable, callback_group=obs_group)
-        node.create_service(Trigger, "~/estop", self._on_estop, callback_group=obs_group)
-        node.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=obs_group)
+        for srv_type, name, callback in ((SetBool, "~/enable", self._on_enable), (Trigger, "~/estop", self._on_estop),
+                                         (Trigger, "~/reset_estop", self._on_reset_estop)):
+            node.create_service(srv_type, name, callback)
 
         self.String = String
         node.add_on_set_parameters_callback(self._on_parameters)
         self._warm_up()
-        self.guard = node.create_guard_condition(self._run_inference, callback_group=self.inference_group)
-        self.timer = node.create_timer(self.dt, self._control_tick, callback_group=self.control_group)
+        # Inference runs in its own thread, woken by the control tick; the executor (one thread for the
+        # timer, subscriptions and services) never waits for it. ``main`` starts and stops it; in-process
+        # tests call ``_run_inference`` themselves.
+        self.inference = WakeableWorker(self._run_inference, name="inference", on_error=lambda error: (
+            self.node.get_logger().error(f"inference step failed: {type(error).__name__}: {error}")))
+        self.timer = node.create_timer(self.dt, self._control_tick)
         node.get_logger().info(
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
@@ -214,7 +211,7 @@ class PolicyNode(SafetySwitches):
             self.request = (self._stacked_history(t_obs), t_obs, self.generation)
             self.inference_in_flight = True
             self.inference_started = now
-            self.guard.trigger()
+            self.inference.wake()
         self.schedule.prune(now)
         pending = self.schedule.pending(now)
         if not pending:
@@ -241,7 +238,7 @@ class PolicyNode(SafetySwitches):
             self.last_e2e_chunk = self.stats["chunks"]
             self.last_e2e = now - self.chunk_obs_time
 
-    # --- inference (own callback group) ----------------------------------------------------
+    # --- inference (its own thread: worker.py) --------------------------------------------
     def _warm_up(self) -> None:
         """One inference on zeros so the first real one is not slow, and a latency estimate."""
         shape = {"lowdim": {"obs": (1, self.n_obs_steps, self.policy.config.obs_dim)},
@@ -350,7 +347,7 @@ def main(args=None) -> int:
     import signal
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     # rclpy's own SIGINT handler would shut the context down before a hold could be published:
     # take SIGINT (and SIGTERM, which launch sends after a timeout) as KeyboardInterrupt instead.
@@ -375,8 +372,11 @@ def main(args=None) -> int:
         print(f"policy_node: {kind}: {error}", file=sys.stderr, flush=True)
         _shutdown(rclpy)
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
+    # One executor thread for the timer, subscriptions and services, inference in its own thread: a
+    # MultiThreadedExecutor here stalled the control clock for seconds on 2 cores (BENCHMARKS.md).
+    executor = SingleThreadedExecutor()
     executor.add_node(holder.node)
+    holder.inference.start()
     try:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -387,6 +387,7 @@ def main(args=None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             executor.shutdown()
+            holder.inference.stop()
             holder.stop_on_shutdown()
         except Exception as error:  # noqa: BLE001 - still release the node and the context
             print(f"policy_node: shutdown hold failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)

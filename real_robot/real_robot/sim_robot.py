@@ -5,7 +5,9 @@ one period (a step of ``envs.pusht_env.PushTEnv``). The state: the agent pose (`
 PoseStamped, table frame), the block pose (``block_pose``) and keypoints (``block_keypoints``, 18 pixel values), joint states
 (``joint_states``: IK of the tool over the agent for ``arm_model`` ur5 | ur5e | fr3), an optional
 camera image (``image``, rgb8) and ``~/score`` (Float64MultiArray: step, reward, max reward,
-coverage, done).
+coverage, done). With ``auto_reset`` the next seed follows each episode after ``reset_pause_s`` of
+standing still (the new state is published, commands are ignored), so the policy's observation history
+and plan hold only the new episode when it starts.
 
 Commands: ``command_pose`` (PoseStamped; executed at its header stamp, 0 = now) and
 ``joint_trajectory`` (JointTrajectory; stamp 0 = receipt, points at time_from_start). As a
@@ -40,6 +42,7 @@ PARAMETERS = {
     "home_joints": ("float_list", None),   # None: the arm's home
     "frame_id": ("str", "base"),
     "auto_reset": ("bool", False),
+    "reset_pause_s": ("float", 1.5),
 }
 
 
@@ -74,6 +77,7 @@ class SimRobot:
         self.step_count = 0
         self.max_reward = 0.0
         self.done = False
+        self.paused_until = 0.0     # after an auto-reset: publish the new state, execute nothing until then
         self.joints = np.asarray(self.arm.home if p["home_joints"] is None else p["home_joints"], dtype=np.float64)
         self.msgs = dict(PoseStamped=PoseStamped, Image=Image, JointState=JointState, F64=Float64MultiArray)
         self.pub_agent = node.create_publisher(PoseStamped, "agent_pose", 10)
@@ -130,6 +134,11 @@ class SimRobot:
         due now over the next period: an observation stamped t is the state at t, as a real arm's,
         and the action scheduled at t acts on it (the order of the in-process evaluation)."""
         now = self.now()
+        if now < self.paused_until:
+            self._publish_state(now, self.env.physics.agent_position)
+            with self.lock:
+                self.target, self.trajectory, self.points = None, None, []
+            return
         with self.lock:
             due = [pt for pt in self.points if pt[0] <= now + self.dt / 2]
             if due:
@@ -152,7 +161,11 @@ class SimRobot:
             self.p["seed"] += 1
             self.env.reset(seed=self.p["seed"])
             self.step_count, self.max_reward, self.done = 0, 0.0, False
-            with self.lock:  # the new episode starts with the next command, not the old plan's rest
+            # The new episode starts with the first command after a pause in which the policy's history
+            # and plan refill from the new scene (as an operator resets a real one): not with the rest of
+            # the old plan, or a chunk planned from frames on both sides of the reset.
+            self.paused_until = now + self.p["reset_pause_s"]
+            with self.lock:
                 self.target, self.trajectory, self.points = None, None, []
 
     def _publish_state(self, stamp: float, agent_px) -> None:
