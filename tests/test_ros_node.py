@@ -195,10 +195,6 @@ def test_bad_checkpoint_and_bad_config_exit_non_zero(install, tmp_path, checkpoi
         assert message in result.stderr, result.stderr
 
 
-# Open (see BENCHMARKS.md): late in a long session on this machine about one run in three failed for
-# reasons outside the node's logic (the probe's service call found no service within 10 s, or the
-# probe's 10 Hz observation thread stalled past the 2·dt stale threshold); the same failures came from
-# the commit before this session's last node changes. A rerun re-checks every assertion.
 def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, processes, ros):
     """Fake UR: observations in, a fake JointTrajectoryController subscriber checks the stream.
     Phases: disabled (dry run) -> enabled -> observations stop (hold) -> resume -> e-stop ->
@@ -597,6 +593,9 @@ def test_sim_publishes_the_state_before_executing_the_command():
 def test_sim_auto_reset_pauses_before_the_next_episode():
     """After an episode ends with ``auto_reset``, the sim publishes the next seed's state but executes
     no command for ``reset_pause_s``: the policy's history and plan refill from the new scene first."""
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
     from envs.pusht_env import PushTEnv
 
     sys.path.insert(0, str(PACKAGE))
@@ -604,6 +603,7 @@ def test_sim_auto_reset_pauses_before_the_next_episode():
 
     rclpy.init(args=["--ros-args", "-p", "seed:=100000", "-p", "max_steps:=1", "-p", "auto_reset:=true",
                      "-p", "reset_pause_s:=0.3"])
+    sim = None
     try:
         sim = SimRobot("sim_reset_probe")
         sim.pub_agent = recorder = Recorder()
@@ -615,8 +615,12 @@ def test_sim_auto_reset_pauses_before_the_next_episode():
         next_start = np.array(fresh.physics.agent_position, dtype=np.float64)
         assert sim.p["seed"] == 100001 and sim.step_count == 0
         sim.p["max_steps"] = 300  # the next episode runs on
-        for _ in range(2):  # paused: a command due now is not executed
+        joints = sim.arm.inverse(sim.calibration.tool_pose(next_start + [40.0, 0.0]), sim.joints)
+        trajectory = JointTrajectory(joint_names=list(sim.arm.joint_names), points=[
+            JointTrajectoryPoint(positions=list(joints), time_from_start=Duration(sec=0, nanosec=50_000_000))])
+        for _ in range(2):  # paused: neither a pose command due now nor a trajectory is executed
             sim.points = [(sim.now(), next_start + [40.0, 0.0])]
+            sim._on_trajectory(trajectory)
             sim._tick()
             pose = recorder.messages[-1].pose.position
             np.testing.assert_allclose(sim.calibration.to_pixels(np.array([pose.x, pose.y])), next_start, atol=1e-6)
@@ -626,6 +630,7 @@ def test_sim_auto_reset_pauses_before_the_next_episode():
         sim.points = [(sim.now(), next_start + [40.0, 0.0])]
         sim._tick()  # the pause is over: the first command starts the episode
         assert sim.step_count == 1 and sim.env.physics.agent_position[0] > next_start[0] + 5
-        sim.node.destroy_node()
     finally:
+        if sim is not None:
+            sim.node.destroy_node()
         rclpy.shutdown()

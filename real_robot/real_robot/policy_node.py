@@ -205,6 +205,7 @@ class PolicyNode(SafetySwitches):
             self.stats["timeouts"] += 1
             self.generation += 1  # its result will be discarded
             self.inference_in_flight = False
+            self.request = None
             self.node.get_logger().warning("inference timed out; result will be discarded")
         if not self.inference_in_flight and self.schedule.needs_replan(
                 now, self.latency_estimate, self.p["handover_margin_steps"]):
@@ -268,6 +269,8 @@ class PolicyNode(SafetySwitches):
             self.node.get_logger().error(f"inference failed: {type(error).__name__}: {error}")
             actions = None
         latency = time.monotonic() - start
+        if self.inference.stopping:
+            return  # shutting down: the node may be gone
         now = self.now()
         with self.lock:
             if generation != self.generation:
@@ -277,11 +280,13 @@ class PolicyNode(SafetySwitches):
                 return
             self.last_latency = latency
             self.latency_estimate = max(latency, 0.8 * self.latency_estimate + 0.2 * latency)
-            if not np.isfinite(actions).all():
-                self.node.get_logger().error("policy returned non-finite actions; chunk dropped")
-                return
-            timed, report = self.schedule.schedule(actions, t_obs, now)
-            ik_start = self._clamp_pixels(timed, now)
+            finite = np.isfinite(actions).all()
+            if finite:
+                timed, report = self.schedule.schedule(actions, t_obs, now)
+                ik_start = self._clamp_pixels(timed, now)
+        if not finite:
+            self.node.get_logger().error("policy returned non-finite actions; chunk dropped")
+            return
         # IK (up to a few ms a point for the FR3) runs without the lock: the control tick goes on.
         cut = ik_start is not None and attach_joints(timed, self.arm, self.calibration, *ik_start, self.dt,
                                                       self.p["max_joint_velocity"])
@@ -387,11 +392,13 @@ def main(args=None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             executor.shutdown()
-            holder.inference.stop()
-            holder.stop_on_shutdown()
-        except Exception as error:  # noqa: BLE001 - still release the node and the context
-            print(f"policy_node: shutdown hold failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
         finally:
+            try:  # hold first: an inference still running is discarded (the hold bumps its generation)
+                holder.stop_on_shutdown()
+            except Exception as error:  # noqa: BLE001 - still release the node and the context
+                print(f"policy_node: shutdown hold failed: {type(error).__name__}: {error}", file=sys.stderr,
+                      flush=True)
+            holder.inference.stop()
             holder.node.destroy_node()
             _shutdown(rclpy)
     return 0

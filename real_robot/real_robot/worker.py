@@ -38,4 +38,7 @@ class WakeableWorker:
             try:
                 self.work()
             except Exception as error:  # noqa: BLE001 - the thread must outlive one failed run
-                self.on_error(error)
+                try:
+                    self.on_error(error)
+                except Exception:  # noqa: BLE001 - e.g. logging through a node already destroyed
+                    pass
