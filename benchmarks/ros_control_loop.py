@@ -8,8 +8,8 @@ Measures, from a monitor node: the JointTrajectory command period (p50 / p99 and
 next chunk's first action due no later than one period after the previous chunk's last), and
 the end-to-end latency from an observation's stamp to the first command computed from it.
 The sim robot resets to the next seed whenever an episode ends, so the loop runs throughout;
-the task score of each finished episode (seeds 100000, 100001, ... or from ``--first-seed``: max reward, and success =
-max coverage > 0.95 as in ``eval.py``) is reported too, to compare with ``eval.py`` on the same seeds.
+the task score of each finished episode (seeds from ``--first-seed``, 100000 by default: max reward,
+and success = max coverage > 0.95 as in ``eval.py``) is reported too, to compare with ``eval.py`` on the same seeds.
 """
 from __future__ import annotations
 
@@ -125,7 +125,8 @@ def main() -> None:
         "all_stale_chunks": last["stale_chunks"] - first["stale_chunks"],
         "ik_or_joint_speed_truncations": last["ik_failures"] - first["ik_failures"],
         # Episodes over the whole run (the first starts with the first command, before the warm-up).
-        "episodes": len(episodes), "episode_seeds": f"{args.first_seed}-{args.first_seed + len(episodes) - 1}" if episodes else "none",
+        "episodes": len(episodes),
+        "episode_seeds": f"{args.first_seed}-{args.first_seed + len(episodes) - 1}" if episodes else "none",
         "episode_mean_max_score": float(np.mean([score for score, _ in episodes])) if episodes else float("nan"),
         "episode_success_rate": float(np.mean([cov > 0.95 for _, cov in episodes])) if episodes else float("nan"),
         "episode_max_scores": [round(float(score), 4) for score, _ in episodes],

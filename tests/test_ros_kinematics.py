@@ -339,6 +339,11 @@ def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
 
     runs, errors, release = [], [], threading.Event()
 
+    def wait_until(condition, timeout=5.0):
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def work():
         runs.append(time.monotonic())
         if len(runs) == 1:
@@ -349,21 +354,15 @@ def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
     worker = WakeableWorker(work, on_error=errors.append, name="test-inference")
     worker.start()
     worker.wake()
-    deadline = time.monotonic() + 5
-    while not runs and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: runs)
     for _ in range(5):
         worker.wake()
     release.set()
-    deadline = time.monotonic() + 5
-    while not errors and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: errors)
     time.sleep(0.1)  # no third run follows
     assert len(runs) == 2 and [str(e) for e in errors] == ["bad chunk"]
     worker.wake()  # still alive after the error
-    deadline = time.monotonic() + 5
-    while len(runs) < 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: len(runs) >= 3)
     assert len(runs) == 3
     worker.stop()
     assert not worker.thread.is_alive()

@@ -136,8 +136,7 @@ class SimRobot:
         now = self.now()
         if now < self.paused_until:
             self._publish_state(now, self.env.physics.agent_position)
-            with self.lock:
-                self.target, self.trajectory, self.points = None, None, []
+            self._drop_commands()
             return
         with self.lock:
             due = [pt for pt in self.points if pt[0] <= now + self.dt / 2]
@@ -165,8 +164,12 @@ class SimRobot:
             # and plan refill from the new scene (as an operator resets a real one): not with the rest of
             # the old plan, or a chunk planned from frames on both sides of the reset.
             self.paused_until = now + self.p["reset_pause_s"]
-            with self.lock:
-                self.target, self.trajectory, self.points = None, None, []
+            self._drop_commands()
+
+    def _drop_commands(self) -> None:
+        """Forget the commanded target and any pending command: the next command starts afresh."""
+        with self.lock:
+            self.target, self.trajectory, self.points = None, None, []
 
     def _publish_state(self, stamp: float, agent_px) -> None:
         from envs.geometry import block_keypoints
