@@ -3,8 +3,8 @@
     python benchmarks/inference_latency.py [--calls 50] [--threads 1] [--checkpoint pretrained/pusht_lowdim.ckpt]
 
 Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
-the same network with DDIM-10, and the shipped checkpoint with its own sampler, eager and traced
-(``load_policy(..., optimize=True)``). Each row is the
+the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
+(``load_policy(..., optimize=True)``), and traced with the full DDPM-100 chain. Each row is the
 median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
 """
 from __future__ import annotations
@@ -56,6 +56,9 @@ def main() -> None:
         name = f"shipped {args.checkpoint.name}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
         rows.append((name, shipped, args.calls))
         rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
+        full_chain = load_policy(args.checkpoint, optimize=True)
+        full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
+        rows.append((f"shipped {args.checkpoint.name}, DDPM-100, traced", full_chain, args.paper_calls))
     print(f"threads={args.threads}")
     print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
     n_params = 0.0
