@@ -53,12 +53,13 @@ def main() -> None:
             ("paper config, DDIM-10", random_policy(sampler="ddim", num_inference_steps=10), args.calls)]
     if args.checkpoint.exists():
         shipped = load_policy(args.checkpoint)
-        name = f"shipped {args.checkpoint.name}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
+        label = f"shipped {args.checkpoint.name}"
+        name = f"{label}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
         rows.append((name, shipped, args.calls))
         rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
         full_chain = load_policy(args.checkpoint, optimize=True)
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
-        rows.append((f"shipped {args.checkpoint.name}, DDPM-100, traced", full_chain, args.paper_calls))
+        rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls))
     print(f"threads={args.threads}")
     print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
     n_params = 0.0

@@ -15,6 +15,7 @@ from real_robot.kinematics import (  # noqa: E402
 )
 from real_robot.observations import TimedObservations  # noqa: E402
 from real_robot.worker import WakeableWorker  # noqa: E402
+from waiting import wait_for  # noqa: E402
 
 DEFAULT_AFFINE = [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]
 
@@ -339,11 +340,6 @@ def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
 
     runs, errors, release = [], [], threading.Event()
 
-    def wait_until(condition, timeout=5.0):
-        deadline = time.monotonic() + timeout
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.005)
-
     def work():
         runs.append(time.monotonic())
         if len(runs) == 1:
@@ -354,15 +350,15 @@ def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
     worker = WakeableWorker(work, on_error=errors.append, name="test-inference")
     worker.start()
     worker.wake()
-    wait_until(lambda: runs)
+    wait_for(lambda: runs, 5, step=0.005)
     for _ in range(5):
         worker.wake()
     release.set()
-    wait_until(lambda: errors)
+    wait_for(lambda: errors, 5, step=0.005)
     time.sleep(0.1)  # no third run follows
     assert len(runs) == 2 and [str(e) for e in errors] == ["bad chunk"]
     worker.wake()  # still alive after the error
-    wait_until(lambda: len(runs) >= 3)
+    wait_for(lambda: len(runs) >= 3, 5, step=0.005)
     assert len(runs) == 3
     worker.stop()
     assert not worker.thread.is_alive()

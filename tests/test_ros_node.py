@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from waiting import wait_for
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy not importable (pip install ros-kilted-rclpy ...; see real_robot/README.md)")
 
@@ -123,15 +124,6 @@ def ros():
     executor.shutdown()
     node.destroy_node()
     rclpy.shutdown(context=context)
-
-
-def wait_for(condition, timeout, step=0.02):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def seconds(duration):
