@@ -1,11 +1,12 @@
 """Training-step cost of the low-dim policy on CPU: U-Net widths, torch threads, bf16 autocast (batch 256).
 
-    python benchmarks/lowdim_train_speed.py [--widths 32/64/128 48/96/192 64/128/256] [--threads 1]
-        [--precisions fp32] [--repeats 1] [--steps 12] [--warmup 2]
+    python benchmarks/lowdim_train_speed.py [--widths W [W ...]] [--threads N [N ...]]
+        [--precisions {fp32,bf16} [...]] [--repeats 1] [--steps 12] [--warmup 2]
 
 A step is ``compute_loss`` + backward + AdamW on a synthetic batch of the dataset's shapes
 ((256, 16, 20) observations, (256, 16, 2) actions); weights are random (cost does not depend on
-them). Every (width, threads, precision) setting is timed ``--repeats`` times, the settings taking
+them); a width's step embedding is the configs' pairing below, 64 for other widths. Every
+(width, threads, precision) setting is timed ``--repeats`` times, the settings taking
 turns so that a drift of the machine's speed hits all of them alike; one repeat is the median of the
 timed steps after ``--warmup`` untimed ones, and a row is the median over repeats. The ratio is each
 row's time over the first row's, measured in the same run. ``bf16`` runs the forward pass and loss
@@ -55,21 +56,31 @@ def n_params_millions(down_dims: tuple[int, ...]) -> float:
 
 def parse_widths(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(part) for part in text.split("/"))
+        widths = tuple(int(part) for part in text.split("/"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"width {text!r} is not like 64/128/256") from None
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(f"width {text!r} is not like 64/128/256")
+    return widths
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", type=parse_widths, nargs="+", default=list(STEP_EMBED_DIM))
-    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=[1])
     parser.add_argument("--precisions", choices=["fp32", "bf16"], nargs="+", default=["fp32"])
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--repeats", type=positive_int, default=1)
+    parser.add_argument("--steps", type=positive_int, default=12)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
-    settings = list(itertools.product(args.widths, args.threads, args.precisions))
+    unique = [list(dict.fromkeys(values)) for values in (args.widths, args.threads, args.precisions)]
+    settings = list(itertools.product(*unique))
     timings: dict[tuple, list[float]] = {setting: [] for setting in settings}
     for _ in range(args.repeats):
         for setting in settings:
