@@ -27,8 +27,9 @@ from inference_latency import random_policy  # same folder: run as python benchm
 STEP_EMBED_DIM = {(32, 64, 128): 32, (48, 96, 192): 48, (64, 128, 256): 64}  # the configs' pairings
 
 
-def step_seconds(down_dims: tuple[int, ...], threads: int, precision: str, steps: int, warmup: int) -> float:
-    """Median wall seconds of one training step at the given setting."""
+def step_seconds(down_dims: tuple[int, ...], threads: int, precision: str, steps: int,
+                 warmup: int) -> tuple[float, float]:
+    """Median wall seconds of one training step at the given setting, and the U-Net's parameters (millions)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     policy = random_policy(down_dims=down_dims, diffusion_step_embed_dim=STEP_EMBED_DIM.get(down_dims, 64)).train()
@@ -46,12 +47,7 @@ def step_seconds(down_dims: tuple[int, ...], threads: int, precision: str, steps
         optimizer.step()
         if i >= warmup:
             timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
-
-
-def n_params_millions(down_dims: tuple[int, ...]) -> float:
-    model = random_policy(down_dims=down_dims, diffusion_step_embed_dim=STEP_EMBED_DIM.get(down_dims, 64)).model
-    return sum(p.numel() for p in model.parameters()) / 1e6
+    return statistics.median(timings), sum(p.numel() for p in policy.model.parameters()) / 1e6
 
 
 def parse_widths(text: str) -> tuple[int, ...]:
@@ -82,9 +78,11 @@ def main() -> None:
     unique = [list(dict.fromkeys(values)) for values in (args.widths, args.threads, args.precisions)]
     settings = list(itertools.product(*unique))
     timings: dict[tuple, list[float]] = {setting: [] for setting in settings}
+    n_params: dict[tuple[int, ...], float] = {}
     for _ in range(args.repeats):
         for setting in settings:
-            timings[setting].append(step_seconds(*setting, args.steps, args.warmup))
+            seconds, n_params[setting[0]] = step_seconds(*setting, args.steps, args.warmup)
+            timings[setting].append(seconds)
     print(f"batch 256; per repeat the median of {args.steps} steps; row = median of {args.repeats} repeats")
     print(f"{'down_dims':<12} {'params':>7} {'threads':>7} {'prec':>5} {'ms/step':>8} {'repeats (ms)':<24} "
           f"{'samples/s':>9} {'ratio':>6}")
@@ -93,7 +91,7 @@ def main() -> None:
         down_dims, threads, precision = setting
         seconds = statistics.median(timings[setting])
         repeats = " ".join(f"{t * 1e3:.0f}" for t in timings[setting])
-        print(f"{'/'.join(map(str, down_dims)):<12} {n_params_millions(down_dims):>6.2f}M {threads:>7} {precision:>5} "
+        print(f"{'/'.join(map(str, down_dims)):<12} {n_params[down_dims]:>6.2f}M {threads:>7} {precision:>5} "
               f"{seconds * 1e3:>8.1f} {repeats:<24} {256 / seconds:>9.0f} {seconds / baseline:>5.2f}x")
 
 
