@@ -1,0 +1,148 @@
+"""The ROS 2 nodes' callbacks called in-process, without DDS: the policy node's holds keep the
+commanded setpoint, the sim publishes the state before executing the command due, and its
+auto-reset pauses before the next episode."""
+import sys
+import time
+
+import numpy as np
+import pytest
+from ros_harness import PACKAGE
+
+rclpy = pytest.importorskip("rclpy", reason="rclpy not importable (pip install ros-kilted-rclpy ...; see real_robot/README.md)")
+
+
+class Recorder:
+    """Stands in for the command publisher: keeps what the node publishes."""
+
+    topic_name = "/recorded"
+
+    def __init__(self):
+        self.messages = []
+
+    def publish(self, msg):
+        self.messages.append(msg)
+
+
+def test_holds_keep_the_commanded_setpoint(checkpoint):
+    """In-process, callbacks called directly: a stale-observation hold sends the arm to the
+    published plan's current setpoint; an e-stop during that hold keeps the same setpoint
+    instead of going back to the stale measurement (which the plan had left)."""
+    from std_srvs.srv import Trigger
+
+    from envs.geometry import block_keypoints
+    from policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "enabled:=true",
+                     "-p", "max_step_px:=40.0"])
+    try:
+        holder = PolicyNode("hold_probe", policy=load_policy(checkpoint, optimize=True))
+        holder.command_pub = recorder = Recorder()
+        keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
+
+        def observe(agent, age=0.0):
+            stamp = holder.now() - age
+            holder.observations.add("agent", np.asarray(agent, dtype=np.float64), stamp)
+            holder.observations.add("keypoints", keypoints, stamp)
+
+        observe([200.0, 300.0])
+        holder._control_tick()         # requests a chunk
+        holder._run_inference()        # (the node's inference thread would run it)
+        observe([200.0, 300.0])
+        holder._control_tick()         # publishes the plan
+        plan = recorder.messages[-1]
+        assert len(plan.points) > 1
+
+        holder.observations.parts.clear()
+        observe([200.0, 300.0], age=1.0)  # the observations stopped a second ago
+        holder._control_tick()
+        stale_hold = recorder.messages[-1]
+        assert len(recorder.messages) == 2 and len(stale_hold.points) == 1 and holder.holding
+        setpoint = np.array(stale_hold.points[0].positions)
+        planned = np.array([p.positions for p in plan.points[:2]])
+        assert min(np.abs(setpoint - q).max() for q in planned) < 0.5  # on the plan, not elsewhere
+
+        holder.agent_px = np.array([400.0, 150.0])  # a stale measurement the plan had long left
+        holder._on_estop(Trigger.Request(), Trigger.Response())
+        estop_hold = recorder.messages[-1]
+        assert len(recorder.messages) == 3 and len(estop_hold.points) == 1
+        np.testing.assert_allclose(estop_hold.points[0].positions, setpoint)
+        holder.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+def test_sim_publishes_the_state_before_executing_the_command():
+    """A tick publishes the state at its time, then executes the command due then for one period:
+    an observation stamped t is the state at t, and the action due at t acts on it."""
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.sim_robot import SimRobot
+
+    rclpy.init(args=["--ros-args", "-p", "seed:=100000"])
+    try:
+        sim = SimRobot("sim_probe")
+        sim.pub_agent = recorder = Recorder()
+
+        def published():
+            pose = recorder.messages[-1].pose.position
+            return sim.calibration.to_pixels(np.array([pose.x, pose.y]))
+
+        start = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        sim.points = [(sim.now(), start + [40.0, 0.0])]  # due now
+        sim._tick()
+        np.testing.assert_allclose(published(), start, atol=1e-6)  # the state before the step
+        moved = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        assert moved[0] > start[0] + 5 and sim.step_count == 1  # ... then the command acted on it
+        sim._tick()
+        np.testing.assert_allclose(published(), moved, atol=1e-6)
+        sim.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
+def test_sim_auto_reset_pauses_before_the_next_episode():
+    """After an episode ends with ``auto_reset``, the sim publishes the next seed's state but executes
+    no command for ``reset_pause_s``: the policy's history and plan refill from the new scene first."""
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    from envs.pusht_env import PushTEnv
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.sim_robot import SimRobot
+
+    rclpy.init(args=["--ros-args", "-p", "seed:=100000", "-p", "max_steps:=1", "-p", "auto_reset:=true",
+                     "-p", "reset_pause_s:=0.3"])
+    sim = None
+    try:
+        sim = SimRobot("sim_reset_probe")
+        sim.pub_agent = recorder = Recorder()
+        start = np.array(sim.env.physics.agent_position, dtype=np.float64)
+        sim.points = [(sim.now(), start + [40.0, 0.0])]
+        sim._tick()  # the one step of episode 100000, then the reset to 100001
+        fresh = PushTEnv(obs_type="keypoints")
+        fresh.reset(seed=100001)
+        next_start = np.array(fresh.physics.agent_position, dtype=np.float64)
+        assert sim.p["seed"] == 100001 and sim.step_count == 0
+        sim.p["max_steps"] = 300  # the next episode runs on
+        joints = sim.arm.inverse(sim.calibration.tool_pose(next_start + [40.0, 0.0]), sim.joints)
+        trajectory = JointTrajectory(joint_names=list(sim.arm.joint_names), points=[
+            JointTrajectoryPoint(positions=list(joints), time_from_start=Duration(sec=0, nanosec=50_000_000))])
+        for _ in range(2):  # paused: neither a pose command due now nor a trajectory is executed
+            sim.points = [(sim.now(), next_start + [40.0, 0.0])]
+            sim._on_trajectory(trajectory)
+            sim._tick()
+            pose = recorder.messages[-1].pose.position
+            np.testing.assert_allclose(sim.calibration.to_pixels(np.array([pose.x, pose.y])), next_start, atol=1e-6)
+            np.testing.assert_allclose(sim.env.physics.agent_position, next_start, atol=1e-9)
+            assert sim.step_count == 0
+        time.sleep(0.3)
+        sim.points = [(sim.now(), next_start + [40.0, 0.0])]
+        sim._tick()  # the pause is over: the first command starts the episode
+        assert sim.step_count == 1 and sim.env.physics.agent_position[0] > next_start[0] + 5
+    finally:
+        if sim is not None:
+            sim.node.destroy_node()
+        rclpy.shutdown()
