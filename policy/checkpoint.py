@@ -55,16 +55,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def export_for_inference(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def export_for_inference(source: str | os.PathLike, destination: str | os.PathLike,
+                         weights_dtype: str = "float32") -> Path:
     """A small copy of a training checkpoint for deployment: config, policy config, EMA weights and
-    metrics (no raw weights, optimizer, LR schedule or RNG state); ``load_policy`` reads it."""
+    metrics (no raw weights, optimizer, LR schedule or RNG state); ``load_policy`` reads it.
+
+    ``weights_dtype="float16"`` stores the network weights at half precision (half the file; 10-bit
+    mantissa, relative rounding ≤ 2^-11), the normaliser's statistics stay float32. ``load_policy``
+    casts them back to the model's float32 parameters.
+    """
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     payload = load_checkpoint(source)
     states = payload["state_dicts"]
     weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
+    dtype = WEIGHT_DTYPES[weights_dtype]
+    weights = {key: value.to(dtype) if value.is_floating_point() and not key.startswith("normalizer.") else value
+               for key, value in weights.items()}
     slim = {key: payload[key] for key in ("config", "policy_config") if key in payload}
     slim["state_dicts"] = {"model": weights}
     slim["metrics"] = payload.get("metrics", {})
     slim["exported_from"] = str(source)
+    slim["weights_dtype"] = weights_dtype
     return save_checkpoint(slim, destination)
 
 

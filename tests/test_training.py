@@ -73,6 +73,17 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
     exported = load_policy(slim)
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(exported.state_dict()[key], value, rtol=0, atol=0)
+    half = export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "half.ckpt", "float16")
+    assert half.stat().st_size < 0.75 * slim.stat().st_size
+    from_half = load_policy(half)
+    for key, value in policy.state_dict().items():  # float32 again, each weight within half-precision rounding
+        assert from_half.state_dict()[key].dtype == value.dtype
+        torch.testing.assert_close(from_half.state_dict()[key], value, rtol=2**-11, atol=1e-7, msg=key)
+    obs = {"obs": torch.randn(3, 2, 20)}
+    actions = [p.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"] for p in (policy, from_half)]
+    torch.testing.assert_close(actions[1], actions[0], rtol=0, atol=0.5)  # pixels of the 512-px workspace
+    with pytest.raises(ValueError, match="weights_dtype"):
+        export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "x.ckpt", "int8")
 
     from eval import main as eval_main
 
