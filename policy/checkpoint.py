@@ -101,3 +101,25 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
         raise CheckpointError(f"checkpoint {checkpoint_path} does not match its own policy config: {error}") from error
     policy = policy.to(device).eval()
     return policy.optimize_for_inference() if optimize else policy
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """``python -m policy.checkpoint SOURCE DESTINATION [--weights-dtype float16]``: export for deployment."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write the deployment copy of a training checkpoint "
+                                                 "(config and EMA weights; see export_for_inference).")
+    parser.add_argument("source", type=Path, help="a checkpoint written by train.py, e.g. .../checkpoints/latest.ckpt")
+    parser.add_argument("destination", type=Path)
+    parser.add_argument("--weights-dtype", choices=sorted(WEIGHT_DTYPES), default="float32")
+    args = parser.parse_args(argv)
+    try:
+        written = export_for_inference(args.source, args.destination, args.weights_dtype)
+    except CheckpointError as error:
+        parser.exit(2, f"error: {error}\n")
+    print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB, {args.weights_dtype} weights)")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -73,7 +73,10 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
     exported = load_policy(slim)
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(exported.state_dict()[key], value, rtol=0, atol=0)
-    half = export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "half.ckpt", "float16")
+    from policy.checkpoint import main as export_main
+
+    half = export_main([str(straight / "checkpoints" / "latest.ckpt"), str(tmp_path / "half.ckpt"),
+                        "--weights-dtype", "float16"])
     assert half.stat().st_size < 0.75 * slim.stat().st_size
     from_half = load_policy(half)
     for key, value in policy.state_dict().items():  # float32 again, each weight within half-precision rounding
