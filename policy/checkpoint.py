@@ -75,6 +75,10 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     dtype = WEIGHT_DTYPES[weights_dtype]
     weights = {key: value.to(dtype) if value.is_floating_point() and not key.startswith("normalizer.") else value
                for key, value in weights.items()}
+    overflowed = [key for key, value in weights.items() if value.is_floating_point() and not value.isfinite().all()]
+    if overflowed:
+        raise ValueError(f"weights {overflowed[:3]} are not finite at {weights_dtype} (float16 stops at 65504); "
+                         f"export them as float32")
     slim = {key: payload[key] for key in ("config", "policy_config") if key in payload}
     slim["state_dicts"] = {"model": weights}
     slim["metrics"] = payload.get("metrics", {})

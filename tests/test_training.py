@@ -82,7 +82,7 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
     for key, value in policy.state_dict().items():  # float32 again, each weight within half-precision rounding
         assert from_half.state_dict()[key].dtype == value.dtype
         torch.testing.assert_close(from_half.state_dict()[key], value, rtol=2**-11, atol=1e-7, msg=key)
-    obs = {"obs": torch.randn(3, 2, 20)}
+    obs = {"obs": torch.rand(3, 2, 20) * 512}  # keypoints and agent position in pixels
     actions = [p.predict_action(obs, generator=torch.Generator().manual_seed(0))["action"] for p in (policy, from_half)]
     torch.testing.assert_close(actions[1], actions[0], rtol=0, atol=0.5)  # pixels of the 512-px workspace
     with pytest.raises(ValueError, match="weights_dtype"):
@@ -119,6 +119,19 @@ def test_corrupted_and_foreign_checkpoints_are_named(tmp_path):
     incomplete = save_checkpoint({"config": {}}, tmp_path / "incomplete.ckpt")
     with pytest.raises(CheckpointError, match="lacks 'policy_config'"):
         load_policy(incomplete)
+
+
+def test_export_command_names_a_bad_source(tmp_path, capsys):
+    from policy.checkpoint import main as export_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out.ckpt")])
+    assert exit_info.value.code == 2 and "missing.ckpt does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out.ckpt").exists()
+    huge = save_checkpoint({"config": {}, "policy_config": {}, "state_dicts": {"model": {"w": torch.full((2,), 1e6)}}},
+                           tmp_path / "huge.ckpt")
+    with pytest.raises(ValueError, match="not finite at float16"):
+        export_for_inference(huge, tmp_path / "out.ckpt", "float16")
 
 
 def test_missing_dataset_error_says_where_to_get_it(tmp_path):
