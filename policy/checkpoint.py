@@ -72,10 +72,9 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     payload = load_checkpoint(source)
     states = payload["state_dicts"]
     weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
-    dtype = WEIGHT_DTYPES[weights_dtype]
-    weights = {key: value.to(dtype) if value.is_floating_point() and not key.startswith("normalizer.") else value
-               for key, value in weights.items()}
-    overflowed = [key for key, value in weights.items() if value.is_floating_point() and not value.isfinite().all()]
+    network = [key for key, value in weights.items() if value.is_floating_point() and not key.startswith("normalizer.")]
+    weights = {**weights, **{key: weights[key].to(WEIGHT_DTYPES[weights_dtype]) for key in network}}
+    overflowed = [key for key in network if not weights[key].isfinite().all()]
     if overflowed:
         raise ValueError(f"weights {overflowed[:3]} are not finite at {weights_dtype} (float16 stops at 65504); "
                          f"export them as float32")
@@ -83,7 +82,6 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     slim["state_dicts"] = {"model": weights}
     slim["metrics"] = payload.get("metrics", {})
     slim["exported_from"] = str(source)
-    slim["weights_dtype"] = weights_dtype
     return save_checkpoint(slim, destination)
 
 

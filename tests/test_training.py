@@ -9,7 +9,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policy.checkpoint import CheckpointError, export_for_inference, load_checkpoint, load_policy, save_checkpoint
+from policy.checkpoint import (
+    CheckpointError,
+    export_for_inference,
+    load_checkpoint,
+    load_policy,
+    save_checkpoint,
+)
+from policy.checkpoint import main as export_main
 from training.config import validate_config
 from training.workspace import TrainingWorkspace, warmup_cosine
 
@@ -73,8 +80,6 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
     exported = load_policy(slim)
     for key, value in policy.state_dict().items():
         torch.testing.assert_close(exported.state_dict()[key], value, rtol=0, atol=0)
-    from policy.checkpoint import main as export_main
-
     half = export_main([str(straight / "checkpoints" / "latest.ckpt"), str(tmp_path / "half.ckpt"),
                         "--weights-dtype", "float16"])
     assert half.stat().st_size < 0.75 * slim.stat().st_size
@@ -122,8 +127,6 @@ def test_corrupted_and_foreign_checkpoints_are_named(tmp_path):
 
 
 def test_export_command_names_a_bad_source(tmp_path, capsys):
-    from policy.checkpoint import main as export_main
-
     with pytest.raises(SystemExit) as exit_info:
         export_main([str(tmp_path / "missing.ckpt"), str(tmp_path / "out.ckpt")])
     assert exit_info.value.code == 2 and "missing.ckpt does not exist" in capsys.readouterr().err
