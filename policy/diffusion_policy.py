@@ -46,6 +46,7 @@ class DiffusionPolicyConfig:
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
     clip_sample: bool = True
+    cond_noise_std: float = 0.0  # σ of training-only noise on the condition (normalised units); 0 = off
     sampler: str = "ddpm"
     num_inference_steps: int = 100
     image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
@@ -55,6 +56,8 @@ class DiffusionPolicyConfig:
         problems = []
         if self.obs_type not in OBS_TYPES:
             problems.append(f"obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
+        if not 0.0 <= self.cond_noise_std < float("inf"):
+            problems.append(f"cond_noise_std must be a finite number ≥ 0, got {self.cond_noise_std!r}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
@@ -159,8 +162,12 @@ class DiffusionUnetPolicy(nn.Module):
 
     # --- training ----------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple over a batch ``{"obs": ..., "action": (B, T, Da)}``."""
+        """L_simple over a batch ``{"obs": ..., "action": (B, T, Da)}``. With ``cond_noise_std`` σ > 0 the
+        condition is perturbed, c̃ = enc(O_t) + σ ξ with ξ ~ N(0, I) (for low-dim policies: noise on the
+        normalised observations), so the policy also sees states slightly off the demonstrations."""
         cond = self._global_condition(batch["obs"])
+        if self.config.cond_noise_std > 0:
+            cond = cond + self.config.cond_noise_std * torch.randn(cond.shape, generator=generator, device=cond.device)
         actions = self.normalizer["action"].normalize(batch["action"])
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
         steps = torch.randint(0, self.config.num_train_timesteps, (actions.shape[0],),

@@ -43,6 +43,7 @@ def test_paper_lowdim_unet_size():
     (dict(n_action_steps=16), "exceeds horizon"),
     (dict(horizon=10), "multiple"),
     (dict(down_dims=(12, 24, 48)), "n_groups"),
+    (dict(cond_noise_std=-0.1), "cond_noise_std"),
 ])
 def test_config_validation_names_the_problem(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -65,6 +66,21 @@ def test_loss_decreases_on_a_fixed_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.3 * losses[0]
+
+
+def test_condition_noise_perturbs_training_only():
+    batch = {"obs": torch.rand(8, 16, 20) * 512, "action": torch.rand(8, 16, 2) * 512}
+    plain, noisy = tiny_policy(), tiny_policy(cond_noise_std=0.5)
+    loss = {name: p.compute_loss(batch, generator=torch.Generator().manual_seed(0)).item()
+            for name, p in [("plain", plain), ("noisy", noisy)]}
+    assert loss["plain"] != loss["noisy"]
+    # σ = 0 draws nothing extra: the loss is the one of a policy without the option
+    again = tiny_policy(cond_noise_std=0.0).compute_loss(batch, generator=torch.Generator().manual_seed(0)).item()
+    assert again == loss["plain"]
+    # sampling ignores it: same weights, same actions
+    obs = {"obs": torch.rand(2, 2, 20) * 512}
+    actions = [p.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action"] for p in (plain, noisy)]
+    torch.testing.assert_close(actions[0], actions[1])
 
 
 def test_predict_action_shapes_slice_and_units():
