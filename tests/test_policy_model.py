@@ -79,8 +79,9 @@ def test_condition_noise_perturbs_training_only():
     assert again == loss["plain"]
     # sampling ignores it: same weights, same actions
     obs = {"obs": torch.rand(2, 2, 20) * 512}
-    actions = [p.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action"] for p in (plain, noisy)]
-    torch.testing.assert_close(actions[0], actions[1])
+    plain_actions, noisy_actions = (p.eval().predict_action(obs, generator=torch.Generator().manual_seed(3))["action"]
+                                    for p in (plain, noisy))
+    torch.testing.assert_close(plain_actions, noisy_actions)
 
 
 def test_predict_action_shapes_slice_and_units():

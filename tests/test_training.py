@@ -154,7 +154,8 @@ def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", "--config-name=pusht_lowdim_cpu", "training.seed=42",
                "training.device=cpu", "training.num_epochs=1", "training.rollout_every=0",
-               "policy.cond_noise_std=0.02", f"hydra.run.dir={tmp_path}"] + [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
+               "policy.cond_noise_std=0.02", f"hydra.run.dir={tmp_path}"]
+    command += [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")
