@@ -9,13 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policy.checkpoint import (
-    CheckpointError,
-    export_for_inference,
-    load_checkpoint,
-    load_policy,
-    save_checkpoint,
-)
+from policy.checkpoint import CheckpointError, export_for_inference, load_checkpoint, load_policy, save_checkpoint
 from policy.checkpoint import main as export_main
 from training.config import validate_config
 from training.workspace import TrainingWorkspace, warmup_cosine
