@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from envs.geometry import block_keypoints_batch, mirror_points, mirror_poses
+
 from .normalizer import LinearNormalizer, unit_range_to_symmetric
 from .paths import missing_pusht_message, pusht_zarr_path
 from .replay_buffer import ReplayBuffer
@@ -36,11 +38,13 @@ class _PushTWindowDataset(Dataset):
 
     def __init__(self, arrays: dict[str, np.ndarray], episode_ends: np.ndarray, horizon: int,
                  pad_before: int, pad_after: int, seed: int, val_ratio: float,
-                 max_train_episodes: int | None):
+                 max_train_episodes: int | None, copies: int = 1):
+        """``arrays`` may hold ``copies`` transformed versions of the same episodes one after another;
+        the split is drawn over the recorded episodes and every copy follows its original."""
         self.arrays = arrays
         self.episode_ends = episode_ends
-        self.train_mask, self.val_mask = train_validation_masks(
-            len(episode_ends), val_ratio, seed, max_train_episodes)
+        self.train_mask, self.val_mask = (np.tile(mask, copies) for mask in train_validation_masks(
+            len(episode_ends) // copies, val_ratio, seed, max_train_episodes))
         self.horizon, self.pad_before, self.pad_after = horizon, pad_before, pad_after
         self.sampler = self._sampler(self.train_mask)
 
@@ -93,18 +97,37 @@ def _select(tree, row: int):
     return {key: _select(value, row) if isinstance(value, dict) else value[row] for key, value in tree.items()}
 
 
+def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+    """Low-dim steps of the demonstrations reflected across the goal T's axis (``envs.geometry.mirror_points``):
+    agent and actions reflected, keypoints recomputed from the reflected block pose."""
+    state = state.astype(np.float64)
+    keypoints = block_keypoints_batch(mirror_poses(state[:, 2:5]))
+    obs = np.concatenate([keypoints.reshape(len(state), -1), mirror_points(state[:, :2])], axis=-1)
+    return {"obs": obs.astype(np.float32), "action": mirror_points(action).astype(np.float32)}
+
+
 class PushTLowdimDataset(_PushTWindowDataset):
-    """Windows of ``{"obs": (T, 20), "action": (T, 2)}``; obs = 9 keypoints (x, y) then agent position."""
+    """Windows of ``{"obs": (T, 20), "action": (T, 2)}``; obs = 9 keypoints (x, y) then agent position.
+
+    ``mirror=True`` appends every demonstration reflected across the goal T's axis of symmetry, which
+    doubles the data; a reflected episode trains or validates with its original.
+    """
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
-                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90):
+                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90,
+                 mirror: bool = False):
         buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["keypoint", "state", "action"])
         keypoints = buffer["keypoint"]
         obs = np.concatenate([keypoints.reshape(len(keypoints), -1), buffer["state"][:, :2]], axis=-1)
         arrays = {"obs": np.ascontiguousarray(obs, dtype=np.float32),
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
-        super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
-                         max_train_episodes)
+        episode_ends = buffer.episode_ends
+        if mirror:
+            mirrored = mirrored_lowdim_steps(buffer["state"], buffer["action"])
+            arrays = {key: np.concatenate([value, mirrored[key]]) for key, value in arrays.items()}
+            episode_ends = np.concatenate([episode_ends, episode_ends + episode_ends[-1]])
+        super().__init__(arrays, episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
+                         max_train_episodes, copies=2 if mirror else 1)
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """``raw`` itself (already float32), moved to ``device`` if given."""

@@ -59,6 +59,35 @@ def block_keypoints(pose: np.ndarray) -> np.ndarray:
     return transform_points(TEE_KEYPOINTS, pose)
 
 
+def mirror_points(points: np.ndarray) -> np.ndarray:
+    """Reflect world points (..., 2) across the goal T's axis of symmetry.
+
+    The T is symmetric about its body y axis, which at the goal points along (-sin θ_g, cos θ_g)
+    = (-1, 1)/√2 through (256, 256): the line x + y = 512, so (x, y) -> (512 - y, 512 - x). The
+    workspace square maps onto itself (the walls move by 1 px) and the goal onto itself, and the
+    physics has no preferred handedness, so a mirrored demonstration is again a demonstration.
+    """
+    points = np.asarray(points)
+    return WORKSPACE_SIZE - points[..., ::-1]
+
+
+def mirror_poses(poses: np.ndarray) -> np.ndarray:
+    """Block poses (..., 3) reflected by ``mirror_points``: (x, y, θ) -> (512 - y, 512 - x, 2θ_g - θ).
+
+    With S the reflection and M = diag(-1, 1) the T's own mirror symmetry, S R(θ) = R(2θ_g - θ) M,
+    so the reflected block is the same T at angle 2θ_g - θ = π/2 - θ.
+    """
+    poses = np.asarray(poses)
+    return np.concatenate([mirror_points(poses[..., :2]), 2 * GOAL_POSE[2] - poses[..., 2:3]], axis=-1)
+
+
+def block_keypoints_batch(poses: np.ndarray) -> np.ndarray:
+    """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): vectorised ``block_keypoints``."""
+    cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])
+    x, y = TEE_KEYPOINTS[:, 0], TEE_KEYPOINTS[:, 1]
+    return np.stack([x * cos - y * sin + poses[:, 0, None], x * sin + y * cos + poses[:, 1, None]], axis=-1)
+
+
 GOAL_POLYGONS = transform_points(TEE_POLYGONS, GOAL_POSE)
 TEE_AREA = 6300.0
 
