@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from datasets.paths import pusht_zarr_path
 from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+from envs.geometry import block_keypoints, mirror_points, mirror_poses
 
 PUSHT = pusht_zarr_path()
 pytestmark = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")
@@ -68,6 +69,21 @@ def test_validation_dataset_uses_only_held_out_episodes(lowdim):
     assert len(validation) == int((lengths[keep] - 16 + 1 + 7 + 1).sum())
     episode_of_step = np.searchsorted(lowdim.episode_ends, validation.sampler.windows[:, 1], side="right")
     assert keep[episode_of_step].all() and not lowdim.train_mask[episode_of_step].any()
+
+
+def test_mirror_appends_every_demonstration_reflected(lowdim, raw):
+    mirrored = PushTLowdimDataset(mirror=True)
+    n_steps, n_episodes = len(lowdim.arrays["obs"]), len(lowdim.episode_ends)
+    assert len(mirrored) == 2 * len(lowdim) and len(mirrored.episode_ends) == 2 * n_episodes
+    np.testing.assert_array_equal(mirrored.train_mask, np.tile(lowdim.train_mask, 2))
+    np.testing.assert_array_equal(mirrored.val_mask, np.tile(lowdim.val_mask, 2))
+    np.testing.assert_array_equal(mirrored.arrays["obs"][:n_steps], lowdim.arrays["obs"])
+    step = 4321
+    state = raw["state"][step].astype(np.float64)
+    expected = np.concatenate([block_keypoints(mirror_poses(state[2:5])).ravel(), mirror_points(state[:2])])
+    np.testing.assert_allclose(mirrored.arrays["obs"][n_steps + step], expected, atol=1e-3)
+    np.testing.assert_allclose(mirrored.arrays["action"][n_steps + step], mirror_points(raw["action"][step]))
+    assert len(mirrored.get_validation_dataset()) == 2 * len(lowdim.get_validation_dataset())
 
 
 def test_lowdim_normalizer_fits_all_episodes(lowdim):

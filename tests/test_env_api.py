@@ -6,7 +6,16 @@ import pytest
 import shapely.geometry as sg
 
 import envs
-from envs.geometry import GOAL_POSE, TEE_POLYGONS, block_keypoints, goal_coverage, transform_points
+from envs.geometry import (
+    GOAL_POSE,
+    TEE_POLYGONS,
+    block_keypoints,
+    block_keypoints_batch,
+    goal_coverage,
+    mirror_points,
+    mirror_poses,
+    transform_points,
+)
 from envs.physics import PushTPhysics
 
 
@@ -135,6 +144,28 @@ def test_coverage_matches_shapely_on_random_poses():
     reference = np.array([_shapely_coverage(p) for p in poses])
     assert (reference > 0).sum() > 200
     np.testing.assert_allclose(ours, reference, atol=1e-9)
+
+
+def test_mirror_is_a_symmetry_of_the_task():
+    """Reflecting across the goal T's axis fixes the goal, is its own inverse, moves the block's outline
+    to the T at the mirrored pose (body x negated) and leaves the goal coverage unchanged."""
+    rng = np.random.default_rng(2)
+    poses = np.column_stack([rng.uniform(150, 360, 300), rng.uniform(150, 360, 300), rng.uniform(-np.pi, np.pi, 300)])
+    np.testing.assert_allclose(mirror_poses(GOAL_POSE), GOAL_POSE, atol=1e-12)
+    np.testing.assert_allclose(mirror_poses(mirror_poses(poses)), poses, atol=1e-12)
+    mirrored_t = TEE_POLYGONS * np.array([-1.0, 1.0])
+    for pose, mirrored in zip(poses[:20], mirror_poses(poses[:20])):
+        np.testing.assert_allclose(mirror_points(transform_points(TEE_POLYGONS, pose)),
+                                   transform_points(mirrored_t, mirrored), atol=1e-9)
+    coverage = np.array([goal_coverage(p) for p in poses])
+    assert (coverage > 0.1).sum() > 50
+    np.testing.assert_allclose([goal_coverage(p) for p in mirror_poses(poses)], coverage, atol=1e-9)
+
+
+def test_batched_keypoints_equal_single_ones():
+    poses = np.random.default_rng(3).uniform([0, 0, -np.pi], [512, 512, np.pi], (40, 3))
+    np.testing.assert_allclose(block_keypoints_batch(poses), np.stack([block_keypoints(p) for p in poses]),
+                               atol=1e-9)
 
 
 def test_tee_geometry_matches_pymunk_body():

@@ -142,20 +142,22 @@ def test_invalid_config_values_are_rejected():
         tiny_config("training.num_epochs=0")
     with pytest.raises(ValueError, match="sampler"):
         tiny_config("policy.sampler=heun")
+    with pytest.raises(ValueError, match="mirror=true is implemented for the low-dim task only"):
+        tiny_config("task=pusht_image", "policy.obs_type=image", "+task.dataset.mirror=true")
 
 
 def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", "--config-name=pusht_lowdim_cpu", "training.seed=42",
                "training.device=cpu", "training.num_epochs=1", "training.rollout_every=0",
-               "policy.cond_noise_std=0.02", f"hydra.run.dir={tmp_path}"]
+               "policy.cond_noise_std=0.02", "task.dataset.mirror=true", f"hydra.run.dir={tmp_path}"]
     command += [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")
     assert saved["config"]["training"]["seed"] == 42 and saved["config"]["training"]["device"] == "cpu"
     assert saved["config"]["policy"]["down_dims"] == [16, 32, 64]
-    assert saved["config"]["policy"]["cond_noise_std"] == 0.02
+    assert saved["config"]["policy"]["cond_noise_std"] == 0.02 and saved["config"]["task"]["dataset"]["mirror"]
 
 
 def test_wandb_offline_run_logs_metrics_and_videos_without_an_account(tmp_path, pusht_zarr, monkeypatch):
