@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from envs.geometry import block_keypoints_batch, mirror_points, mirror_poses
-
 from .normalizer import LinearNormalizer, unit_range_to_symmetric
 from .paths import missing_pusht_message, pusht_zarr_path
 from .replay_buffer import ReplayBuffer
@@ -100,6 +98,8 @@ def _select(tree, row: int):
 def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Low-dim steps of the demonstrations reflected across the goal T's axis (``envs.geometry.mirror_points``):
     agent and actions reflected, keypoints recomputed from the reflected block pose."""
+    from envs.geometry import block_keypoints_batch, mirror_points, mirror_poses  # only the mirror needs the env
+
     state = state.astype(np.float64)
     keypoints = block_keypoints_batch(mirror_poses(state[:, 2:5]))
     obs = np.concatenate([keypoints.reshape(len(state), -1), mirror_points(state[:, :2])], axis=-1)

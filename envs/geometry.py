@@ -59,30 +59,35 @@ def block_keypoints(pose: np.ndarray) -> np.ndarray:
     return transform_points(TEE_KEYPOINTS, pose)
 
 
-def mirror_points(points: np.ndarray) -> np.ndarray:
-    """Reflect world points (..., 2) across the goal T's axis of symmetry.
+# Reflection across the goal T's axis of symmetry: the T is symmetric about its body y axis, which at
+# the goal runs through (x_g, y_g) at angle α = θ_g + π/2. Reflecting across a line at angle α is
+# S = [[cos 2α, sin 2α], [sin 2α, −cos 2α]]; for θ_g = π/4 the line is x + y = 512.
+_AXIS_DOUBLE_ANGLE = 2 * GOAL_POSE[2] + np.pi
+GOAL_REFLECTION = np.round(np.array([[np.cos(_AXIS_DOUBLE_ANGLE), np.sin(_AXIS_DOUBLE_ANGLE)],
+                                     [np.sin(_AXIS_DOUBLE_ANGLE), -np.cos(_AXIS_DOUBLE_ANGLE)]]), 12)
 
-    The T is symmetric about its body y axis, which at the goal points along (-sin θ_g, cos θ_g)
-    = (-1, 1)/√2 through (256, 256): the line x + y = 512, so (x, y) -> (512 - y, 512 - x). The
-    workspace square maps onto itself (the walls move by 1 px) and the goal onto itself, and the
-    physics has no preferred handedness, so a mirrored demonstration is again a demonstration.
+
+def mirror_points(points: np.ndarray) -> np.ndarray:
+    """World points (..., 2) reflected across the goal T's axis: p -> S (p − g) + g, here (x, y) -> (512 − y, 512 − x).
+
+    The goal maps onto itself, the workspace square too (its walls at 5 and 506 land at 6 and 507), and
+    the physics has no handedness, so a mirrored demonstration is again a demonstration.
     """
-    points = np.asarray(points)
-    return WORKSPACE_SIZE - points[..., ::-1]
+    return (np.asarray(points) - GOAL_POSE[:2]) @ GOAL_REFLECTION.T + GOAL_POSE[:2]
 
 
 def mirror_poses(poses: np.ndarray) -> np.ndarray:
-    """Block poses (..., 3) reflected by ``mirror_points``: (x, y, θ) -> (512 - y, 512 - x, 2θ_g - θ).
+    """Block poses (..., 3) reflected by ``mirror_points``: (x, y, θ) -> (S (x, y), 2θ_g − θ).
 
-    With S the reflection and M = diag(-1, 1) the T's own mirror symmetry, S R(θ) = R(2θ_g - θ) M,
-    so the reflected block is the same T at angle 2θ_g - θ = π/2 - θ.
+    With M = diag(−1, 1) the T's own mirror symmetry, S R(θ) = R(2θ_g − θ) M, so the reflected block
+    is the same T at angle 2θ_g − θ = π/2 − θ.
     """
     poses = np.asarray(poses)
     return np.concatenate([mirror_points(poses[..., :2]), 2 * GOAL_POSE[2] - poses[..., 2:3]], axis=-1)
 
 
 def block_keypoints_batch(poses: np.ndarray) -> np.ndarray:
-    """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): vectorised ``block_keypoints``."""
+    """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): R(θ_n) k + t_n, as ``block_keypoints``."""
     cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])
     x, y = TEE_KEYPOINTS[:, 0], TEE_KEYPOINTS[:, 1]
     return np.stack([x * cos - y * sin + poses[:, 0, None], x * sin + y * cos + poses[:, 1, None]], axis=-1)

@@ -75,6 +75,7 @@ def test_mirror_appends_every_demonstration_reflected(lowdim, raw):
     mirrored = PushTLowdimDataset(mirror=True)
     n_steps, n_episodes = len(lowdim.arrays["obs"]), len(lowdim.episode_ends)
     assert len(mirrored) == 2 * len(lowdim) and len(mirrored.episode_ends) == 2 * n_episodes
+    np.testing.assert_array_equal(mirrored.episode_ends[n_episodes:], lowdim.episode_ends + n_steps)
     np.testing.assert_array_equal(mirrored.train_mask, np.tile(lowdim.train_mask, 2))
     np.testing.assert_array_equal(mirrored.val_mask, np.tile(lowdim.val_mask, 2))
     np.testing.assert_array_equal(mirrored.arrays["obs"][:n_steps], lowdim.arrays["obs"])

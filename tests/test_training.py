@@ -102,6 +102,20 @@ def test_resume_with_another_architecture_is_refused(tmp_path, pusht_zarr):
     TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=0"), tmp_path).run()
     with pytest.raises(CheckpointError, match="different policy"):
         TrainingWorkspace(tiny_config("training.num_epochs=2", "policy.down_dims=[8,16,32]"), tmp_path).run()
+    with pytest.raises(CheckpointError, match="different task"):
+        TrainingWorkspace(tiny_config("training.num_epochs=2", "task.dataset.mirror=true"), tmp_path).run()
+
+
+def test_checkpoints_older_than_later_settings_still_resume(tmp_path, pusht_zarr):
+    """A checkpoint written before ``policy.cond_noise_std`` and ``task.dataset.mirror`` existed resumes
+    under a config that holds them at their defaults."""
+    TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=0"), tmp_path).run()
+    latest = tmp_path / "checkpoints" / "latest.ckpt"
+    payload = load_checkpoint(latest)
+    del payload["config"]["policy"]["cond_noise_std"], payload["config"]["task"]["dataset"]["mirror"]
+    save_checkpoint(payload, latest)
+    metrics = TrainingWorkspace(tiny_config("training.num_epochs=2", "training.rollout_every=0"), tmp_path).run()
+    assert metrics["epoch"] == 2
 
 
 def test_corrupted_and_foreign_checkpoints_are_named(tmp_path):

@@ -8,6 +8,7 @@ the EMA policy.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -31,6 +32,19 @@ from training.topk import TopKCheckpoints
 
 # Config sections whose change makes a checkpoint incompatible with a run.
 ARCHITECTURE_KEYS = ("policy", "task")
+# Settings added after checkpoints were first written, with the value that older checkpoints imply.
+LATER_SETTINGS = {("policy", "cond_noise_std"): 0.0, ("task", "dataset", "mirror"): False}
+
+
+def _with_later_settings(config: dict) -> dict:
+    """A copy of a run config with the ``LATER_SETTINGS`` it lacks filled in at their implied values."""
+    config = copy.deepcopy(config)
+    for (*sections, key), implied in LATER_SETTINGS.items():
+        tree = config
+        for name in sections:
+            tree = tree.setdefault(name, {})
+        tree.setdefault(key, implied)
+    return config
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -113,8 +127,8 @@ class TrainingWorkspace:
         }
 
     def _check_compatible(self, payload: dict, path: Path) -> None:
-        saved = payload["config"]
-        current = OmegaConf.to_container(self.cfg, resolve=True)
+        saved = _with_later_settings(payload["config"])
+        current = _with_later_settings(OmegaConf.to_container(self.cfg, resolve=True))
         differing = [key for key in ARCHITECTURE_KEYS if saved.get(key) != current.get(key)]
         if differing:
             raise CheckpointError(f"{path} was written by a run with a different {' and '.join(differing)} config; "
