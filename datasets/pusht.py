@@ -36,13 +36,17 @@ class _PushTWindowDataset(Dataset):
 
     def __init__(self, arrays: dict[str, np.ndarray], episode_ends: np.ndarray, horizon: int,
                  pad_before: int, pad_after: int, seed: int, val_ratio: float,
-                 max_train_episodes: int | None, copies: int = 1):
-        """``arrays`` may hold ``copies`` transformed versions of the same episodes one after another;
-        the split is drawn over the recorded episodes and every copy follows its original."""
+                 max_train_episodes: int | None, mirrored: dict[str, np.ndarray] | None = None):
+        """``mirrored``: the same steps reflected across the goal T's axis, appended as a second copy of
+        every episode; the split is drawn over the recorded episodes and a copy follows its original."""
+        self.train_mask, self.val_mask = train_validation_masks(len(episode_ends), val_ratio, seed,
+                                                                max_train_episodes)
+        if mirrored is not None:
+            arrays = {key: np.concatenate([value, mirrored[key]]) for key, value in arrays.items()}
+            episode_ends = np.concatenate([episode_ends, episode_ends + episode_ends[-1]])
+            self.train_mask, self.val_mask = np.tile(self.train_mask, 2), np.tile(self.val_mask, 2)
         self.arrays = arrays
         self.episode_ends = episode_ends
-        self.train_mask, self.val_mask = (np.tile(mask, copies) for mask in train_validation_masks(
-            len(episode_ends) // copies, val_ratio, seed, max_train_episodes))
         self.horizon, self.pad_before, self.pad_after = horizon, pad_before, pad_after
         self.sampler = self._sampler(self.train_mask)
 
@@ -106,6 +110,17 @@ def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np
     return {"obs": obs.astype(np.float32), "action": mirror_points(action).astype(np.float32)}
 
 
+def mirrored_image_steps(images: np.ndarray, state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+    """Image steps reflected across the goal T's axis: images (N, C, H, W) are anti-transposed, pixel
+    (r, c) -> (W − 1 − c, H − 1 − r), because (x, y) -> (512 − y, 512 − x) takes the pixel centre
+    (c + ½, r + ½) of the square canvas to (511 − r + ½, 511 − c + ½), and the 96-pixel resize is symmetric."""
+    from envs.geometry import mirror_points  # only the mirror needs the env
+
+    return {"image": np.ascontiguousarray(images[:, :, ::-1, ::-1].transpose(0, 1, 3, 2)),
+            "agent_pos": mirror_points(state[:, :2]).astype(np.float32),
+            "action": mirror_points(action).astype(np.float32)}
+
+
 class PushTLowdimDataset(_PushTWindowDataset):
     """Windows of ``{"obs": (T, 20), "action": (T, 2)}``; obs = 9 keypoints (x, y) then agent position.
 
@@ -121,13 +136,9 @@ class PushTLowdimDataset(_PushTWindowDataset):
         obs = np.concatenate([keypoints.reshape(len(keypoints), -1), buffer["state"][:, :2]], axis=-1)
         arrays = {"obs": np.ascontiguousarray(obs, dtype=np.float32),
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
-        episode_ends = buffer.episode_ends
-        if mirror:
-            mirrored = mirrored_lowdim_steps(buffer["state"], buffer["action"])
-            arrays = {key: np.concatenate([value, mirrored[key]]) for key, value in arrays.items()}
-            episode_ends = np.concatenate([episode_ends, episode_ends + episode_ends[-1]])
-        super().__init__(arrays, episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
-                         max_train_episodes, copies=2 if mirror else 1)
+        mirrored = mirrored_lowdim_steps(buffer["state"], buffer["action"]) if mirror else None
+        super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
+                         max_train_episodes, mirrored)
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """``raw`` itself (already float32), moved to ``device`` if given."""
@@ -139,18 +150,23 @@ class PushTLowdimDataset(_PushTWindowDataset):
 
 
 class PushTImageDataset(_PushTWindowDataset):
-    """Windows of ``{"obs": {"image": (T, 3, 96, 96) in [0, 1], "agent_pos": (T, 2)}, "action": (T, 2)}``."""
+    """Windows of ``{"obs": {"image": (T, 3, 96, 96) in [0, 1], "agent_pos": (T, 2)}, "action": (T, 2)}``.
+
+    ``mirror=True`` appends every demonstration reflected across the goal T's axis (images anti-transposed).
+    """
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
-                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90):
+                 pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90,
+                 mirror: bool = False):
         buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["img", "state", "action"],
                                    dtypes={"img": np.uint8})
         channels_first = torch.from_numpy(buffer["img"]).permute(0, 3, 1, 2).contiguous().numpy()
         arrays = {"image": channels_first,
                   "agent_pos": np.ascontiguousarray(buffer["state"][:, :2], dtype=np.float32),
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
+        mirrored = mirrored_image_steps(channels_first, buffer["state"], buffer["action"]) if mirror else None
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
-                         max_train_episodes)
+                         max_train_episodes, mirrored)
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """Nested float32 batch; images are scaled to [0, 1] in one pass (on ``device`` when given)."""

@@ -6,7 +6,8 @@ import zarr
 from torch.utils.data import DataLoader
 
 from datasets.paths import pusht_zarr_path
-from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader, mirrored_image_steps
+from envs import PushTEnv
 from envs.geometry import block_keypoints, mirror_points, mirror_poses
 
 PUSHT = pusht_zarr_path()
@@ -128,3 +129,22 @@ def test_image_loader_and_normalizer(image):
     assert normalized["image"].min() >= -1.0 and normalized["image"].max() <= 1.0
     assert normalized["agent_pos"].abs().max() <= 1.0 + 1e-6
 
+
+def test_mirrored_images_are_renders_of_the_mirrored_states(raw):
+    """The anti-transposed recorded image is what the simulator draws for the reflected state, to within
+    the 1 px the walls move (measured on these ten frames: mean absolute error 0.53 of 255 at the median, 0.61
+    at most; the plain transpose: 8.6)."""
+    frames = np.arange(0, 25650, 2565)
+    images = np.stack([raw["img"][f] for f in frames]).astype(np.uint8).transpose(0, 3, 1, 2)
+    state, action = raw["state"][frames].astype(np.float64), raw["action"][frames]
+    mirrored = mirrored_image_steps(images, state, action)
+    np.testing.assert_allclose(mirrored["action"], mirror_points(action), rtol=1e-6)
+    errors, transposed_errors = [], []
+    for row in range(len(frames)):
+        reflected = np.concatenate([mirrored["agent_pos"][row], mirror_poses(state[row, 2:5])])
+        rendered = PushTEnv(obs_type="image").reset(options={"reset_to_state": reflected})[0]["image"] * 255.0
+        errors.append(np.abs(rendered - mirrored["image"][row]).mean())
+        transposed_errors.append(np.abs(rendered - images[row].transpose(0, 2, 1)).mean())
+    assert np.median(errors) <= 0.6 and max(errors) <= 1.0
+    # The reflection across x = y instead (a plain transpose) is far off.
+    assert np.median(transposed_errors) > 3 * np.median(errors)

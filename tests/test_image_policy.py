@@ -1,4 +1,5 @@
 """The image (hybrid) Diffusion Policy: vision encoder, crops, configs and a tiny train → eval run."""
+import math
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from datasets.normalizer import LinearNormalizer, unit_range_to_symmetric
+from datasets.pusht import PushTLowdimDataset
 from policy.checkpoint import load_checkpoint, load_policy
 from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 from policy.vision import CropRandomizer, ImageObsEncoder, ScaledResNet18Trunk, build_image_encoder, resnet18_trunk
@@ -162,9 +164,12 @@ TINY_RUN = [
 
 def test_tiny_image_train_checkpoint_eval(tmp_path, pusht_zarr):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="pusht_image_cpu", overrides=TINY_RUN)
+        cfg = compose(config_name="pusht_image_cpu", overrides=TINY_RUN + ["task.dataset.mirror=true"])
     validate_config(cfg)
-    metrics = TrainingWorkspace(cfg, tmp_path).run()
+    workspace = TrainingWorkspace(cfg, tmp_path)
+    metrics = workspace.run()
+    recorded_windows = len(PushTLowdimDataset(pusht_zarr, max_train_episodes=None))  # the same windows, cheaper
+    assert workspace.batches_per_epoch == math.ceil(2 * recorded_windows / 64)  # the mirror doubles them
     assert metrics["global_step"] == 3 and "test/mean_score" in metrics and "val_loss" in metrics
     policy = load_policy(tmp_path / "checkpoints" / "latest.ckpt")
     assert not policy.training and policy.config.image_encoder["width"] == 8

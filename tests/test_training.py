@@ -156,8 +156,6 @@ def test_invalid_config_values_are_rejected():
         tiny_config("training.num_epochs=0")
     with pytest.raises(ValueError, match="sampler"):
         tiny_config("policy.sampler=heun")
-    with pytest.raises(ValueError, match="mirror=true is implemented for the low-dim task only"):
-        tiny_config("task=pusht_image", "policy.obs_type=image", "+task.dataset.mirror=true")
 
 
 def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):

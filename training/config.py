@@ -33,9 +33,6 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append(f"training.lr must be positive, got {tc.lr!r}")
     if cfg.policy.obs_type != cfg.task.obs_type:
         problems.append(f"policy.obs_type={cfg.policy.obs_type} does not match task.obs_type={cfg.task.obs_type}")
-    if cfg.task.dataset.get("mirror", False) and cfg.task.obs_type != "lowdim":
-        problems.append("task.dataset.mirror=true is implemented for the low-dim task only; "
-                        "set task.dataset.mirror=false")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
     cfg.training.device = resolve_device(str(tc.device))

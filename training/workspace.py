@@ -79,14 +79,13 @@ class TrainingWorkspace:
     def _build_data(self):
         task = self.cfg.task
         zarr_path = ensure_pusht(self.cfg.data_root, allow_download=bool(self.cfg.allow_download))
-        common = dict(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
-                      pad_before=self.cfg.policy.n_obs_steps - 1, pad_after=self.cfg.policy.n_action_steps - 1,
-                      seed=task.dataset.seed, val_ratio=task.dataset.val_ratio,
-                      max_train_episodes=task.dataset.max_train_episodes)
-        if task.obs_type == "lowdim":
-            dataset = PushTLowdimDataset(**common, mirror=bool(task.dataset.get("mirror", False)))
-        else:
-            dataset = PushTImageDataset(**common)
+        dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
+        dataset = dataset_class(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
+                                pad_before=self.cfg.policy.n_obs_steps - 1,
+                                pad_after=self.cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
+                                val_ratio=task.dataset.val_ratio,
+                                max_train_episodes=task.dataset.max_train_episodes,
+                                mirror=bool(task.dataset.get("mirror", False)))
         return dataset, dataset.get_validation_dataset()
 
     def _build_policy(self, normalizer) -> DiffusionUnetPolicy:
