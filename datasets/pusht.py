@@ -112,11 +112,17 @@ def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np
 
 def mirrored_image_steps(images: np.ndarray, state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Image steps reflected across the goal T's axis: images (N, C, H, W) are anti-transposed, pixel
-    (r, c) -> (W − 1 − c, H − 1 − r), because (x, y) -> (512 − y, 512 − x) takes the pixel centre
-    (c + ½, r + ½) of the square canvas to (511 − r + ½, 511 − c + ½), and the 96-pixel resize is symmetric."""
-    from envs.geometry import mirror_points  # only the mirror needs the env
+    (r, c) -> (W − 1 − c, H − 1 − r), as a view (the caller's concatenation makes the one copy).
 
-    return {"image": np.ascontiguousarray(images[:, :, ::-1, ::-1].transpose(0, 1, 3, 2)),
+    pygame draws world point p at canvas pixel round(p), so the anti-transpose of the 512-pixel canvas is
+    the reflection across x + y = 511, the nearest pixel permutation to the state's x + y = 512 (1 canvas
+    pixel, 0.19 observation pixel apart); the 512 -> 96 resize, s = (d + ½)·512/96 − ½, commutes with it.
+    """
+    from envs.geometry import GOAL_POSE, GOAL_REFLECTION, mirror_points  # only the mirror needs the env
+
+    if not (np.array_equal(GOAL_REFLECTION, [[0, -1], [-1, 0]]) and GOAL_POSE[0] + GOAL_POSE[1] == 512):
+        raise ValueError("image mirroring assumes the goal axis x + y = 512; it does not hold for this GOAL_POSE")
+    return {"image": images[:, :, ::-1, ::-1].transpose(0, 1, 3, 2),
             "agent_pos": mirror_points(state[:, :2]).astype(np.float32),
             "action": mirror_points(action).astype(np.float32)}
 

@@ -61,7 +61,8 @@ def block_keypoints(pose: np.ndarray) -> np.ndarray:
 
 # Reflection across the goal T's axis of symmetry: the T is symmetric about its body y axis, which at
 # the goal runs through (x_g, y_g) at angle α = θ_g + π/2. Reflecting across a line at angle α is
-# S = [[cos 2α, sin 2α], [sin 2α, −cos 2α]]; for θ_g = π/4 the line is x + y = 512.
+# S = [[cos 2α, sin 2α], [sin 2α, −cos 2α]]; for θ_g = π/4 the line is x + y = 512. Rounding makes the
+# entries exactly 0 and ±1 (cos 3π/2 evaluates to −1.8e-16), so mirrored coordinates stay exact.
 _AXIS_DOUBLE_ANGLE = 2 * GOAL_POSE[2] + np.pi
 GOAL_REFLECTION = np.round(np.array([[np.cos(_AXIS_DOUBLE_ANGLE), np.sin(_AXIS_DOUBLE_ANGLE)],
                                      [np.sin(_AXIS_DOUBLE_ANGLE), -np.cos(_AXIS_DOUBLE_ANGLE)]]), 12)
@@ -77,7 +78,7 @@ def mirror_points(points: np.ndarray) -> np.ndarray:
 
 
 def mirror_poses(poses: np.ndarray) -> np.ndarray:
-    """Block poses (..., 3) reflected by ``mirror_points``: (x, y, θ) -> (S (x, y), 2θ_g − θ).
+    """Block poses (..., 3) reflected by ``mirror_points``: (x, y, θ) -> (S ((x, y) − g) + g, 2θ_g − θ).
 
     With M = diag(−1, 1) the T's own mirror symmetry, S R(θ) = R(2θ_g − θ) M, so the reflected block
     is the same T at angle 2θ_g − θ = π/2 − θ.

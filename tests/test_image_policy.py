@@ -168,7 +168,9 @@ def test_tiny_image_train_checkpoint_eval(tmp_path, pusht_zarr):
     validate_config(cfg)
     workspace = TrainingWorkspace(cfg, tmp_path)
     metrics = workspace.run()
-    recorded_windows = len(PushTLowdimDataset(pusht_zarr, max_train_episodes=None))  # the same windows, cheaper
+    # The image task's windows (horizon 16, pads 1 and 7, all training episodes), counted without the images.
+    recorded_windows = len(PushTLowdimDataset(pusht_zarr, horizon=16, pad_before=1, pad_after=7, seed=42,
+                                              val_ratio=0.02, max_train_episodes=None))
     assert workspace.batches_per_epoch == math.ceil(2 * recorded_windows / 64)  # the mirror doubles them
     assert metrics["global_step"] == 3 and "test/mean_score" in metrics and "val_loss" in metrics
     policy = load_policy(tmp_path / "checkpoints" / "latest.ckpt")
