@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from policy.diffusion_policy import (
+    INFERENCE_SETTINGS,
+    DiffusionPolicyConfig,
+    DiffusionUnetPolicy,
+    with_inference_settings,
+)
 
 CHECKPOINT_FORMAT = "diffusion-policy-stack/1"
 
@@ -59,9 +64,12 @@ WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 def export_for_inference(source: str | os.PathLike, destination: str | os.PathLike,
-                         weights_dtype: str = "float32") -> Path:
+                         weights_dtype: str = "float32", **inference_settings) -> Path:
     """A small copy of a training checkpoint for deployment: config, policy config, EMA weights and
     metrics (no raw weights, optimizer, LR schedule or RNG state); ``load_policy`` reads it.
+
+    ``inference_settings`` (``sampler``, ``num_inference_steps``, ``n_action_steps``) are written into the
+    copy's policy config, so that every loader of the file runs with them (e.g. ``n_action_steps=10``).
 
     ``weights_dtype="float16"`` stores the network weights at half precision (half the file; 10-bit
     mantissa, relative rounding ≤ 2^-11), the normaliser's statistics stay float32. ``load_policy``
@@ -70,6 +78,8 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     payload = load_checkpoint(source)
+    policy_config = with_inference_settings(DiffusionPolicyConfig.from_dict(payload["policy_config"]),
+                                            **inference_settings)
     states = payload["state_dicts"]
     weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
     network = [key for key, value in weights.items() if value.is_floating_point() and not key.startswith("normalizer.")]
@@ -78,7 +88,8 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     if overflowed:
         raise ValueError(f"weights {overflowed[:3]} are not finite at {weights_dtype} (float16 stops at 65504); "
                          f"export them as float32")
-    slim = {key: payload[key] for key in ("config", "policy_config") if key in payload}
+    slim = {"config": payload["config"]} if "config" in payload else {}
+    slim["policy_config"] = policy_config.to_dict()
     slim["state_dicts"] = {"model": weights}
     slim["metrics"] = payload.get("metrics", {})
     slim["exported_from"] = str(source)
@@ -114,10 +125,14 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("source", type=Path, help="a checkpoint written by train.py, e.g. .../checkpoints/latest.ckpt")
     parser.add_argument("destination", type=Path)
     parser.add_argument("--weights-dtype", choices=sorted(WEIGHT_DTYPES), default="float32")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="inference sampler (default: the checkpoint's)")
+    parser.add_argument("--num-inference-steps", type=int, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the checkpoint's)")
     args = parser.parse_args(argv)
+    settings = {name: getattr(args, name) for name in INFERENCE_SETTINGS if getattr(args, name) is not None}
     try:
-        written = export_for_inference(args.source, args.destination, args.weights_dtype)
-    except CheckpointError as error:
+        written = export_for_inference(args.source, args.destination, args.weights_dtype, **settings)
+    except (CheckpointError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")
     print(f"wrote {written} ({written.stat().st_size / 1e6:.1f} MB, {args.weights_dtype} weights)")
     return written

@@ -86,6 +86,17 @@ class DiffusionPolicyConfig:
         return values
 
 
+INFERENCE_SETTINGS = ("sampler", "num_inference_steps", "n_action_steps")
+
+
+def with_inference_settings(config: DiffusionPolicyConfig, **changes) -> DiffusionPolicyConfig:
+    """``config`` with inference-time settings changed, validated: ``sampler``, ``num_inference_steps``
+    (e.g. DDIM-10 for fast control) or ``n_action_steps`` (how many actions to execute per chunk)."""
+    if not set(changes) <= set(INFERENCE_SETTINGS):
+        raise ValueError(f"only {list(INFERENCE_SETTINGS)} can change after training, got {sorted(changes)}")
+    return DiffusionPolicyConfig.from_dict(config.to_dict() | changes)
+
+
 class DiffusionUnetPolicy(nn.Module):
     """``compute_loss(batch)`` for training, ``predict_action(obs)`` for control, ``reset()`` between episodes."""
 
@@ -116,12 +127,8 @@ class DiffusionUnetPolicy(nn.Module):
         """Policies here are stateless between calls; the executor keeps the history."""
 
     def reconfigure(self, **changes) -> None:
-        """Change inference-time settings without retraining: ``sampler``, ``num_inference_steps``
-        (e.g. DDIM-10 for fast control) or ``n_action_steps`` (how many actions to execute per chunk)."""
-        allowed = {"sampler", "num_inference_steps", "n_action_steps"}
-        if not set(changes) <= allowed:
-            raise ValueError(f"only {sorted(allowed)} can change after training, got {sorted(changes)}")
-        self.config = DiffusionPolicyConfig.from_dict(self.config.to_dict() | changes)
+        """Change inference-time settings without retraining (see ``with_inference_settings``)."""
+        self.config = with_inference_settings(self.config, **changes)
         self.inference_scheduler = self._make_inference_scheduler()
 
     def _make_inference_scheduler(self):

@@ -86,6 +86,16 @@ def test_train_checkpoint_resume_exactly_and_eval(tmp_path, pusht_zarr):
     torch.testing.assert_close(actions[1], actions[0], rtol=0, atol=0.5)  # pixels of the 512-px workspace
     with pytest.raises(ValueError, match="weights_dtype"):
         export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "x.ckpt", "int8")
+    # Inference settings written into the copy reach every loader; training settings cannot change.
+    ta10 = export_main([str(straight / "checkpoints" / "latest.ckpt"), str(tmp_path / "ta10.ckpt"),
+                        "--n-action-steps", "10", "--num-inference-steps", "5"])
+    assert load_policy(ta10).predict_action(obs)["action"].shape == (3, 10, 2)
+    assert load_policy(ta10).config.num_inference_steps == 5
+    assert load_checkpoint(ta10)["config"] == load_checkpoint(straight / "checkpoints" / "latest.ckpt")["config"]
+    with pytest.raises(ValueError, match="can change after training"):
+        export_for_inference(straight / "checkpoints" / "latest.ckpt", tmp_path / "x.ckpt", horizon=32)
+    with pytest.raises(SystemExit):
+        export_main([str(straight / "checkpoints" / "latest.ckpt"), str(tmp_path / "x.ckpt"), "--n-action-steps", "20"])
 
     from eval import main as eval_main
 
