@@ -69,7 +69,8 @@ GOAL_REFLECTION = np.round(np.array([[np.cos(_AXIS_DOUBLE_ANGLE), np.sin(_AXIS_D
 
 
 def mirror_points(points: np.ndarray) -> np.ndarray:
-    """World points (..., 2) reflected across the goal T's axis: p -> S (p − g) + g, here (x, y) -> (512 − y, 512 − x).
+    """World points (..., 2) reflected across the goal T's axis: p -> S (p − g) + g, which for the goal
+    (256, 256, π/4) is (x, y) -> (512 − y, 512 − x).
 
     The goal maps onto itself, the workspace square too (its walls at 5 and 506 land at 6 and 507), and
     the physics has no handedness, so a mirrored demonstration is again a demonstration.
