@@ -102,11 +102,11 @@ def _select(tree, row: int):
 def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Low-dim steps of the demonstrations reflected across the goal T's axis (``envs.geometry.mirror_points``):
     agent and actions reflected, keypoints recomputed from the reflected block pose."""
-    from envs.geometry import block_keypoints_batch, mirror_points, mirror_poses  # only the mirror needs the env
+    from envs.geometry import block_keypoints_batch, mirror_points, mirror_states  # only the mirror needs the env
 
-    state = state.astype(np.float64)
-    keypoints = block_keypoints_batch(mirror_poses(state[:, 2:5]))
-    obs = np.concatenate([keypoints.reshape(len(state), -1), mirror_points(state[:, :2])], axis=-1)
+    mirrored = mirror_states(state.astype(np.float64))
+    keypoints = block_keypoints_batch(mirrored[:, 2:5])
+    obs = np.concatenate([keypoints.reshape(len(state), -1), mirrored[:, :2]], axis=-1)
     return {"obs": obs.astype(np.float32), "action": mirror_points(action).astype(np.float32)}
 
 

@@ -88,6 +88,13 @@ def mirror_poses(poses: np.ndarray) -> np.ndarray:
     return np.concatenate([mirror_points(poses[..., :2]), 2 * GOAL_POSE[2] - poses[..., 2:3]], axis=-1)
 
 
+def mirror_states(states: np.ndarray) -> np.ndarray:
+    """Env states (..., 5) = [agent_x, agent_y, block_x, block_y, θ] reflected: agent by ``mirror_points``,
+    block by ``mirror_poses``."""
+    states = np.asarray(states)
+    return np.concatenate([mirror_points(states[..., :2]), mirror_poses(states[..., 2:5])], axis=-1)
+
+
 def block_keypoints_batch(poses: np.ndarray) -> np.ndarray:
     """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): R(θ_n) k + t_n, as ``block_keypoints``."""
     cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])

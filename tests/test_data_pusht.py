@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from datasets.paths import pusht_zarr_path
 from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader, mirrored_image_steps
 from envs import PushTEnv
-from envs.geometry import block_keypoints, mirror_points, mirror_poses
+from envs.geometry import block_keypoints, mirror_points, mirror_poses, mirror_states
 
 PUSHT = pusht_zarr_path()
 pytestmark = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")
@@ -140,11 +140,11 @@ def test_mirrored_images_are_renders_of_the_mirrored_states(raw):
     state, action = raw["state"][frames].astype(np.float64), raw["action"][frames]
     mirrored = mirrored_image_steps(images, state, action)
     np.testing.assert_allclose(mirrored["action"], mirror_points(action), rtol=1e-6)
+    np.testing.assert_allclose(mirrored["agent_pos"], mirror_states(state)[:, :2], rtol=1e-6)
     env = PushTEnv(obs_type="image")
     errors, transposed_errors = [], []
     for row in range(len(frames)):
-        reflected = np.concatenate([mirrored["agent_pos"][row], mirror_poses(state[row, 2:5])])
-        rendered = env.reset(options={"reset_to_state": reflected})[0]["image"] * 255.0
+        rendered = env.reset(options={"reset_to_state": mirror_states(state[row])})[0]["image"] * 255.0
         errors.append(np.abs(rendered - mirrored["image"][row]).mean())
         transposed_errors.append(np.abs(rendered - images[row].transpose(0, 2, 1)).mean())
     assert np.median(errors) <= 0.6 and max(errors) <= 1.0

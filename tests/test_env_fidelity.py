@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from envs import PushTEnv
-from envs.geometry import block_keypoints, mirror_points, mirror_poses
+from envs.geometry import block_keypoints, mirror_points, mirror_states
 
 
 def _episode_bounds(episode_ends):
@@ -40,7 +40,7 @@ def test_mirrored_demonstrations_replay_as_demonstrations(pusht_arrays):
     """The reflection behind ``task.dataset.mirror``: stepping the mirrored action from the mirrored
     recorded state lands on the mirrored next state, as the recording itself does (every 10th demo)."""
     state, action = pusht_arrays["state"].astype(np.float64), pusht_arrays["action"].astype(np.float64)
-    mirrored = np.concatenate([mirror_points(state[:, :2]), mirror_poses(state[:, 2:5])], axis=1)
+    mirrored = mirror_states(state)
     env = PushTEnv(obs_type="state")
     errors, angle_errors = [], []
     for start, end in list(_episode_bounds(pusht_arrays["episode_ends"]))[::10]:
