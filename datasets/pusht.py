@@ -99,15 +99,44 @@ def _select(tree, row: int):
     return {key: _select(value, row) if isinstance(value, dict) else value[row] for key, value in tree.items()}
 
 
+def lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+    """Low-dim steps computed from env states: obs = the 9 keypoints of the block pose, then the agent."""
+    from envs.geometry import block_keypoints_batch  # only the derived datasets need the env
+
+    keypoints = block_keypoints_batch(np.asarray(state[:, 2:5], dtype=np.float64))
+    obs = np.concatenate([keypoints.reshape(len(state), -1), state[:, :2]], axis=-1)
+    return {"obs": obs.astype(np.float32), "action": np.asarray(action, dtype=np.float32)}
+
+
 def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Low-dim steps of the demonstrations reflected across the goal T's axis (``envs.geometry.mirror_points``):
     agent and actions reflected, keypoints recomputed from the reflected block pose."""
-    from envs.geometry import block_keypoints_batch, mirror_points, mirror_states  # only the mirror needs the env
+    from envs.geometry import mirror_points, mirror_states  # only the mirror needs the env
 
-    mirrored = mirror_states(state.astype(np.float64))
-    keypoints = block_keypoints_batch(mirrored[:, 2:5])
-    obs = np.concatenate([keypoints.reshape(len(state), -1), mirrored[:, :2]], axis=-1)
-    return {"obs": obs.astype(np.float32), "action": mirror_points(action).astype(np.float32)}
+    return lowdim_steps(mirror_states(state.astype(np.float64)), mirror_points(action.astype(np.float64)))
+
+
+def goal_aligned_demonstrations(state: np.ndarray, action: np.ndarray,
+                                episode_ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every demonstration moved rigidly (``envs.geometry.move_states``) so that its last recorded block pose
+    is the goal pose: the same pushes, ending at coverage 1 instead of the recorded ~0.85.
+
+    An episode whose agent or block touches a wall, recorded or moved, or whose moved actions leave the
+    workspace, stays as recorded (the walls are the one thing a rigid motion does not carry along).
+    Returns (states, actions, aligned) with ``aligned`` a bool per episode."""
+    from envs.geometry import GOAL_POSE, WORKSPACE_SIZE, clear_of_walls, move_points, move_states
+
+    state, action = state.astype(np.float64), action.astype(np.float64)
+    moved_state, moved_action = state.copy(), action.copy()
+    aligned = np.zeros(len(episode_ends), dtype=bool)
+    for episode, (start, end) in enumerate(zip(np.concatenate([[0], episode_ends[:-1]]), episode_ends)):
+        final_pose = state[end - 1, 2:5]
+        states = move_states(state[start:end], final_pose, GOAL_POSE)
+        actions = move_points(action[start:end], final_pose, GOAL_POSE)
+        if (clear_of_walls(state[start:end]) and clear_of_walls(states)
+                and actions.min() >= 0 and actions.max() <= WORKSPACE_SIZE):
+            moved_state[start:end], moved_action[start:end], aligned[episode] = states, actions, True
+    return moved_state, moved_action, aligned
 
 
 def mirrored_image_steps(images: np.ndarray, state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
@@ -131,18 +160,26 @@ class PushTLowdimDataset(_PushTWindowDataset):
     """Windows of ``{"obs": (T, 20), "action": (T, 2)}``; obs = 9 keypoints (x, y) then agent position.
 
     ``mirror=True`` appends every demonstration reflected across the goal T's axis of symmetry, which
-    doubles the data; a reflected episode trains or validates with its original.
+    doubles the data; a reflected episode trains or validates with its original. ``align_to_goal=True``
+    replaces each demonstration by its copy moved to end exactly on the goal (``goal_aligned_demonstrations``;
+    ``aligned_episodes`` says which were), before any mirroring.
     """
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
                  pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90,
-                 mirror: bool = False):
+                 mirror: bool = False, align_to_goal: bool = False):
         buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["keypoint", "state", "action"])
-        keypoints = buffer["keypoint"]
-        obs = np.concatenate([keypoints.reshape(len(keypoints), -1), buffer["state"][:, :2]], axis=-1)
+        state, action, keypoints = buffer["state"], buffer["action"], buffer["keypoint"]
+        obs = np.concatenate([keypoints.reshape(len(keypoints), -1), state[:, :2]], axis=-1)
         arrays = {"obs": np.ascontiguousarray(obs, dtype=np.float32),
-                  "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
-        mirrored = mirrored_lowdim_steps(buffer["state"], buffer["action"]) if mirror else None
+                  "action": np.ascontiguousarray(action, dtype=np.float32)}
+        self.aligned_episodes = np.zeros(len(buffer.episode_ends), dtype=bool)
+        if align_to_goal:
+            state, action, self.aligned_episodes = goal_aligned_demonstrations(state, action, buffer.episode_ends)
+            moved = np.repeat(self.aligned_episodes, np.diff(buffer.episode_ends, prepend=0))
+            for key, value in lowdim_steps(state[moved], action[moved]).items():
+                arrays[key][moved] = value
+        mirrored = mirrored_lowdim_steps(state, action) if mirror else None
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
                          max_train_episodes, mirrored)
 

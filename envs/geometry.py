@@ -95,6 +95,37 @@ def mirror_states(states: np.ndarray) -> np.ndarray:
     return np.concatenate([mirror_points(states[..., :2]), mirror_poses(states[..., 2:5])], axis=-1)
 
 
+def move_points(points: np.ndarray, from_pose: np.ndarray, to_pose: np.ndarray) -> np.ndarray:
+    """World points (..., 2) under the rigid motion that carries block pose ``from_pose`` onto ``to_pose``:
+    p -> R(Δθ) (p − t_from) + t_to with Δθ = θ_to − θ_from."""
+    delta = float(to_pose[2] - from_pose[2])
+    cos, sin = math.cos(delta), math.sin(delta)
+    return (np.asarray(points) - from_pose[:2]) @ np.array([[cos, sin], [-sin, cos]]) + to_pose[:2]
+
+
+def move_states(states: np.ndarray, from_pose: np.ndarray, to_pose: np.ndarray) -> np.ndarray:
+    """Env states (..., 5) under ``move_points``' rigid motion: agent and block position moved, block angle
+    θ -> θ + Δθ. The physics has no preferred place or direction, so away from the walls a moved
+    demonstration is again a demonstration."""
+    states = np.asarray(states)
+    return np.concatenate([move_points(states[..., :2], from_pose, to_pose),
+                           move_points(states[..., 2:4], from_pose, to_pose),
+                           states[..., 4:5] + (to_pose[2] - from_pose[2])], axis=-1)
+
+
+def clear_of_walls(states: np.ndarray) -> bool:
+    """Whether no state (..., 5) has the agent or the block touching a wall (inner faces at 7 and 504)."""
+    states = np.asarray(states, dtype=np.float64).reshape(-1, 5)
+    inner_low, inner_high = 5 + WALL_RADIUS, 506 - WALL_RADIUS
+    agent = states[:, :2]
+    if (agent.min() <= inner_low + AGENT_RADIUS) or (agent.max() >= inner_high - AGENT_RADIUS):
+        return False
+    cos, sin = np.cos(states[:, 4, None]), np.sin(states[:, 4, None])
+    x, y = TEE_POLYGONS[..., 0].ravel(), TEE_POLYGONS[..., 1].ravel()
+    corners = np.stack([x * cos - y * sin + states[:, 2, None], x * sin + y * cos + states[:, 3, None]], axis=-1)
+    return bool(corners.min() > inner_low and corners.max() < inner_high)
+
+
 def block_keypoints_batch(poses: np.ndarray) -> np.ndarray:
     """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): R(θ_n) k + t_n, as ``block_keypoints``."""
     cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])

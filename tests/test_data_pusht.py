@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 from datasets.paths import pusht_zarr_path
 from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader, mirrored_image_steps
 from envs import PushTEnv
-from envs.geometry import block_keypoints, mirror_points, mirror_poses, mirror_states
+from envs.geometry import GOAL_POSE, block_keypoints, mirror_points, mirror_poses, mirror_states
 
 PUSHT = pusht_zarr_path()
 pytestmark = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")
@@ -70,6 +70,25 @@ def test_validation_dataset_uses_only_held_out_episodes(lowdim):
     assert len(validation) == int((lengths[keep] - 16 + 1 + 7 + 1).sum())
     episode_of_step = np.searchsorted(lowdim.episode_ends, validation.sampler.windows[:, 1], side="right")
     assert keep[episode_of_step].all() and not lowdim.train_mask[episode_of_step].any()
+
+
+def test_goal_aligned_dataset_ends_every_moved_demonstration_on_the_goal(lowdim):
+    aligned = PushTLowdimDataset(align_to_goal=True)
+    both = PushTLowdimDataset(align_to_goal=True, mirror=True)
+    assert len(aligned) == len(lowdim) and aligned.aligned_episodes.sum() == 181
+    np.testing.assert_array_equal(aligned.train_mask, lowdim.train_mask)
+    final_obs = aligned.arrays["obs"][aligned.episode_ends - 1]
+    goal_keypoints = block_keypoints(GOAL_POSE).ravel()
+    np.testing.assert_allclose(final_obs[aligned.aligned_episodes, :18],
+                               np.tile(goal_keypoints, (181, 1)), atol=1e-3)
+    recorded = np.repeat(~aligned.aligned_episodes, np.diff(aligned.episode_ends, prepend=0))
+    np.testing.assert_array_equal(aligned.arrays["obs"][recorded], lowdim.arrays["obs"][recorded])
+    assert not np.allclose(aligned.arrays["obs"][~recorded], lowdim.arrays["obs"][~recorded], atol=1.0)
+    n_steps = len(aligned.arrays["obs"])
+    np.testing.assert_array_equal(both.arrays["obs"][:n_steps], aligned.arrays["obs"])
+    mirrored_final = both.arrays["obs"][n_steps + aligned.episode_ends - 1]
+    np.testing.assert_allclose(mirrored_final[aligned.aligned_episodes, :18],
+                               np.tile(block_keypoints(mirror_poses(GOAL_POSE)).ravel(), (181, 1)), atol=1e-3)
 
 
 def test_mirror_appends_every_demonstration_reflected(lowdim, raw):

@@ -11,9 +11,12 @@ from envs.geometry import (
     TEE_POLYGONS,
     block_keypoints,
     block_keypoints_batch,
+    clear_of_walls,
     goal_coverage,
     mirror_points,
     mirror_poses,
+    move_points,
+    move_states,
     transform_points,
 )
 from envs.physics import PushTPhysics
@@ -160,6 +163,34 @@ def test_mirror_is_a_symmetry_of_the_task():
     coverage = np.array([goal_coverage(p) for p in poses])
     assert (coverage > 0.1).sum() > 50
     np.testing.assert_allclose([goal_coverage(p) for p in mirror_poses(poses)], coverage, atol=1e-9)
+
+
+def test_move_states_is_the_rigid_motion_from_one_block_pose_to_another():
+    """``move_states`` carries the block at ``from_pose`` to ``to_pose`` (its outline and keypoints with
+    it), keeps every distance between agent and block, and its inverse undoes it."""
+    rng = np.random.default_rng(3)
+    states = np.column_stack([rng.uniform(50, 460, (40, 4)), rng.uniform(-np.pi, np.pi, 40)])
+    from_pose = states[-1, 2:5]
+    moved = move_states(states, from_pose, GOAL_POSE)
+    np.testing.assert_allclose(moved[-1, 2:5], GOAL_POSE, atol=1e-12)
+    assert goal_coverage(moved[-1, 2:5]) > 1 - 1e-12
+    for state, moved_state in zip(states, moved):
+        np.testing.assert_allclose(transform_points(TEE_POLYGONS, moved_state[2:5]),
+                                   move_points(transform_points(TEE_POLYGONS, state[2:5]), from_pose, GOAL_POSE),
+                                   atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(moved[:, :2] - moved[:, 2:4], axis=1),
+                               np.linalg.norm(states[:, :2] - states[:, 2:4], axis=1), atol=1e-9)
+    np.testing.assert_allclose(move_states(moved, GOAL_POSE, from_pose), states, atol=1e-9)
+
+
+def test_clear_of_walls_sees_the_agent_and_the_block_corners():
+    home = np.array([200.0, 300.0, 256.0, 256.0, 0.3])
+    assert clear_of_walls(home) and clear_of_walls(np.stack([home, home]))
+    assert not clear_of_walls(home + [0, 200, 0, 0, 0])  # agent centre 500: its disc crosses the wall at 504
+    assert clear_of_walls(np.array([200.0, 300.0, 440.0, 256.0, 0.0]))  # bar tip at x = 500, clear of 504
+    assert not clear_of_walls(np.array([200.0, 300.0, 450.0, 256.0, 0.0]))  # bar tip at x = 510
+    assert not clear_of_walls(np.array([200.0, 300.0, 400.0, 256.0, -np.pi / 2]))  # stem tip at x = 520
+    assert clear_of_walls(np.array([200.0, 300.0, 400.0, 256.0, np.pi / 2]))  # the stem points to x = 280
 
 
 def test_batched_keypoints_equal_single_ones():

@@ -117,12 +117,13 @@ def test_resume_with_another_architecture_is_refused(tmp_path, pusht_zarr):
 
 
 def test_checkpoints_older_than_later_settings_still_resume(tmp_path, pusht_zarr):
-    """A checkpoint written before ``policy.cond_noise_std`` and ``task.dataset.mirror`` existed resumes
-    under a config that holds them at their defaults."""
+    """A checkpoint written before ``policy.cond_noise_std``, ``task.dataset.mirror`` and
+    ``task.dataset.align_to_goal`` existed resumes under a config that holds them at their defaults."""
     TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=0"), tmp_path).run()
     latest = tmp_path / "checkpoints" / "latest.ckpt"
     payload = load_checkpoint(latest)
     del payload["config"]["policy"]["cond_noise_std"], payload["config"]["task"]["dataset"]["mirror"]
+    del payload["config"]["task"]["dataset"]["align_to_goal"]
     save_checkpoint(payload, latest)
     metrics = TrainingWorkspace(tiny_config("training.num_epochs=2", "training.rollout_every=0"), tmp_path).run()
     assert metrics["epoch"] == 2
@@ -166,13 +167,18 @@ def test_invalid_config_values_are_rejected():
         tiny_config("training.num_epochs=0")
     with pytest.raises(ValueError, match="sampler"):
         tiny_config("policy.sampler=heun")
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        image = compose(config_name="pusht_image_cpu", overrides=["+task.dataset.align_to_goal=true"])
+    with pytest.raises(ValueError, match="align_to_goal is implemented for keypoint observations only"):
+        validate_config(image)
 
 
 def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", "--config-name=pusht_lowdim_cpu", "training.seed=42",
                "training.device=cpu", "training.num_epochs=1", "training.rollout_every=0",
-               "policy.cond_noise_std=0.02", "task.dataset.mirror=true", f"hydra.run.dir={tmp_path}"]
+               "policy.cond_noise_std=0.02", "task.dataset.mirror=true", "task.dataset.align_to_goal=true",
+               f"hydra.run.dir={tmp_path}"]
     command += [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -180,6 +186,7 @@ def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     assert saved["config"]["training"]["seed"] == 42 and saved["config"]["training"]["device"] == "cpu"
     assert saved["config"]["policy"]["down_dims"] == [16, 32, 64]
     assert saved["config"]["policy"]["cond_noise_std"] == 0.02 and saved["config"]["task"]["dataset"]["mirror"]
+    assert saved["config"]["task"]["dataset"]["align_to_goal"]
 
 
 def test_wandb_offline_run_logs_metrics_and_videos_without_an_account(tmp_path, pusht_zarr, monkeypatch):

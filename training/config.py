@@ -33,6 +33,9 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append(f"training.lr must be positive, got {tc.lr!r}")
     if cfg.policy.obs_type != cfg.task.obs_type:
         problems.append(f"policy.obs_type={cfg.policy.obs_type} does not match task.obs_type={cfg.task.obs_type}")
+    if cfg.task.obs_type != "lowdim" and cfg.task.dataset.get("align_to_goal", False):
+        problems.append("task.dataset.align_to_goal is implemented for keypoint observations only (moved "
+                        "demonstrations would need re-rendered images): set it to false for an image task")
     if problems:
         raise ValueError("invalid config: " + "; ".join(problems))
     cfg.training.device = resolve_device(str(tc.device))

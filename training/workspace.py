@@ -33,7 +33,8 @@ from training.topk import TopKCheckpoints
 # Config sections whose change makes a checkpoint incompatible with a run.
 ARCHITECTURE_KEYS = ("policy", "task")
 # Settings added after checkpoints were first written, with the value that older checkpoints imply.
-LATER_SETTINGS = {("policy", "cond_noise_std"): 0.0, ("task", "dataset", "mirror"): False}
+LATER_SETTINGS = {("policy", "cond_noise_std"): 0.0, ("task", "dataset", "mirror"): False,
+                  ("task", "dataset", "align_to_goal"): False}
 
 
 def _with_later_settings(config: dict) -> dict:
@@ -79,13 +80,15 @@ class TrainingWorkspace:
     def _build_data(self):
         task = self.cfg.task
         zarr_path = ensure_pusht(self.cfg.data_root, allow_download=bool(self.cfg.allow_download))
+        options = {"mirror": bool(task.dataset.get("mirror", False))}
         dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
+        if task.obs_type == "lowdim":  # validate_config refuses align_to_goal for images
+            options["align_to_goal"] = bool(task.dataset.get("align_to_goal", False))
         dataset = dataset_class(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
                                 pad_before=self.cfg.policy.n_obs_steps - 1,
                                 pad_after=self.cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
                                 val_ratio=task.dataset.val_ratio,
-                                max_train_episodes=task.dataset.max_train_episodes,
-                                mirror=bool(task.dataset.get("mirror", False)))
+                                max_train_episodes=task.dataset.max_train_episodes, **options)
         return dataset, dataset.get_validation_dataset()
 
     def _build_policy(self, normalizer) -> DiffusionUnetPolicy:
