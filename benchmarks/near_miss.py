@@ -6,7 +6,8 @@ Re-runs the test episodes of an ``eval.py`` log with the same policy settings (s
 actions per chunk, sampling seed), compares each with the logged maximum coverage, and prints, for
 the failed episodes and for the successful ones, how many got above 0.90 coverage, how many of those then
 lost 0.05 or more of it again before the episode ended (a push that overshoots), how far the worst such
-loss went, and the share of the steps after first reaching 0.90 in which the agent touched the block.
+loss went, and the share of the steps after first reaching 0.90 with a contact (in practice the agent
+touching the block: near the goal the block is far from the walls).
 """
 from __future__ import annotations
 
@@ -32,9 +33,12 @@ NEAR = 0.90
 OVERSHOOT = 0.05
 
 
-def replay(policy, seeds: list[int], sampling_seed: int, max_steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage and contact count per step, (episodes, max_steps); a finished episode repeats its last coverage."""
-    envs = [PushTEnv(obs_type="keypoints", legacy=True) for _ in seeds]
+def replay(policy, seeds: list[int], sampling_seed: int, runner: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage and contact count per step, (episodes, max_steps), for the test episodes of an evaluation with
+    the log's ``runner`` settings; a finished episode repeats its last coverage. Contacts are the env's
+    ``n_contacts`` (agent–block and block–wall contact points)."""
+    max_steps = runner["max_steps"]
+    envs = [PushTEnv(obs_type=runner["obs_type"], legacy=runner["legacy"]) for _ in seeds]
     observations = [env.reset(seed=seed)[0] for env, seed in zip(envs, seeds)]
     executor = RecedingHorizonExecutor(torch_predictor(policy, episode_seed=sampling_seed),
                                        policy.config.n_obs_steps, policy.config.n_action_steps)
@@ -70,19 +74,24 @@ def summarize(name: str, coverage: np.ndarray, contacts: np.ndarray, steps: np.n
         after = slice(int(np.argmax(c > NEAR)), length)
         losses.append(float((np.maximum.accumulate(c[after]) - c[after]).max()))
         touching.append(float((n[after] > 0).mean()))
+    if not losses:
+        print(f"{name}: {len(coverage)} episodes, none reached {NEAR:.2f} coverage")
+        return
     losses = np.array(losses)
     overshot = losses >= OVERSHOOT
     print(f"{name}: {len(coverage)} episodes, {len(losses)} reached {NEAR:.2f} coverage; of those "
           f"{overshot.sum()} ({100 * overshot.mean():.0f} %) then lost ≥ {OVERSHOOT} of it, "
           f"worst loss median {np.median(losses):.3f} (90th percentile {np.percentile(losses, 90):.3f}); "
-          f"agent touching the block in {100 * np.mean(touching):.0f} % of the steps after reaching {NEAR:.2f}")
+          f"a contact (agent–block or block–wall) in {100 * np.mean(touching):.0f} % of the steps after reaching "
+          f"{NEAR:.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--eval-log", required=True, type=Path, help="eval_log.json written by eval.py")
-    parser.add_argument("--seed", type=int, default=42, help="eval.py's --seed (sampling noise)")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="the --seed the evaluation ran with (sampling noise; eval.py's default is 42)")
     parser.add_argument("--max-episodes", type=int, default=None, help="the first N test episodes only")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
@@ -93,7 +102,7 @@ def main() -> None:
     policy.reconfigure(sampler=log["sampler"], num_inference_steps=log["num_inference_steps"],
                        n_action_steps=log["n_action_steps"])
     policy.optimize_for_inference()
-    coverage, contacts = replay(policy, [e["seed"] for e in episodes], args.seed, log["runner"]["max_steps"])
+    coverage, contacts = replay(policy, [e["seed"] for e in episodes], args.seed, log["runner"])
     success = np.array([e["success"] for e in episodes])
     replayed_success = coverage.max(1) > SUCCESS_COVERAGE
     difference = np.abs(coverage.max(1) - np.array([e["max_coverage"] for e in episodes]))

@@ -121,9 +121,11 @@ def goal_aligned_demonstrations(state: np.ndarray, action: np.ndarray,
     """Every demonstration moved rigidly (``envs.geometry.move_states``) so that its last recorded block pose
     is the goal pose: the same pushes, ending at coverage 1 instead of the recorded ~0.85.
 
-    An episode whose agent or block touches a wall, recorded or moved, or whose moved actions leave the
-    workspace, stays as recorded (the walls are the one thing a rigid motion does not carry along).
-    Returns (states, actions, aligned) with ``aligned`` a bool per episode."""
+    An episode whose block comes within reach of a wall, recorded or moved, or whose moved actions leave the
+    workspace (the env clips them), stays as recorded: the walls are the one thing a rigid motion does not
+    carry along. ``clear_of_walls`` also keeps the agent's disc off the walls, a cautious extra (the
+    kinematic agent does not collide with them). Returns (states, actions, aligned), ``aligned`` a bool per
+    episode."""
     from envs.geometry import GOAL_POSE, WORKSPACE_SIZE, clear_of_walls, move_points, move_states
 
     state, action = state.astype(np.float64), action.astype(np.float64)
@@ -172,7 +174,7 @@ class PushTLowdimDataset(_PushTWindowDataset):
         state, action, keypoints = buffer["state"], buffer["action"], buffer["keypoint"]
         obs = np.concatenate([keypoints.reshape(len(keypoints), -1), state[:, :2]], axis=-1)
         arrays = {"obs": np.ascontiguousarray(obs, dtype=np.float32),
-                  "action": np.ascontiguousarray(action, dtype=np.float32)}
+                  "action": np.array(action, dtype=np.float32)}  # a copy: aligned rows are written below
         self.aligned_episodes = np.zeros(len(buffer.episode_ends), dtype=bool)
         if align_to_goal:
             state, action, self.aligned_episodes = goal_aligned_demonstrations(state, action, buffer.episode_ends)

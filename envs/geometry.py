@@ -114,7 +114,8 @@ def move_states(states: np.ndarray, from_pose: np.ndarray, to_pose: np.ndarray) 
 
 
 def clear_of_walls(states: np.ndarray) -> bool:
-    """Whether no state (..., 5) has the agent or the block touching a wall (inner faces at 7 and 504)."""
+    """Whether no state (..., 5) has a block corner or the agent's disc reaching a wall (inner faces at 7 and
+    504). Only the block collides with the walls; the agent is kept off them as a cautious extra."""
     states = np.asarray(states, dtype=np.float64).reshape(-1, 5)
     inner_low, inner_high = 5 + WALL_RADIUS, 506 - WALL_RADIUS
     agent = states[:, :2]

@@ -6,7 +6,13 @@ import zarr
 from torch.utils.data import DataLoader
 
 from datasets.paths import pusht_zarr_path
-from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader, mirrored_image_steps
+from datasets.pusht import (
+    PushTImageDataset,
+    PushTLowdimDataset,
+    goal_aligned_demonstrations,
+    make_dataloader,
+    mirrored_image_steps,
+)
 from envs import PushTEnv
 from envs.geometry import GOAL_POSE, block_keypoints, mirror_points, mirror_poses, mirror_states
 
@@ -72,7 +78,7 @@ def test_validation_dataset_uses_only_held_out_episodes(lowdim):
     assert keep[episode_of_step].all() and not lowdim.train_mask[episode_of_step].any()
 
 
-def test_goal_aligned_dataset_ends_every_moved_demonstration_on_the_goal(lowdim):
+def test_goal_aligned_dataset_ends_every_moved_demonstration_on_the_goal(lowdim, raw):
     aligned = PushTLowdimDataset(align_to_goal=True)
     both = PushTLowdimDataset(align_to_goal=True, mirror=True)
     assert len(aligned) == len(lowdim) and aligned.aligned_episodes.sum() == 181
@@ -82,13 +88,17 @@ def test_goal_aligned_dataset_ends_every_moved_demonstration_on_the_goal(lowdim)
     np.testing.assert_allclose(final_obs[aligned.aligned_episodes, :18],
                                np.tile(goal_keypoints, (181, 1)), atol=1e-3)
     recorded = np.repeat(~aligned.aligned_episodes, np.diff(aligned.episode_ends, prepend=0))
-    np.testing.assert_array_equal(aligned.arrays["obs"][recorded], lowdim.arrays["obs"][recorded])
-    assert not np.allclose(aligned.arrays["obs"][~recorded], lowdim.arrays["obs"][~recorded], atol=1.0)
+    for key in ("obs", "action"):
+        np.testing.assert_array_equal(aligned.arrays[key][recorded], lowdim.arrays[key][recorded])
+    state, action, _ = goal_aligned_demonstrations(raw["state"][:], raw["action"][:], aligned.episode_ends)
+    np.testing.assert_allclose(aligned.arrays["obs"][~recorded, 18:], state[~recorded, :2], atol=1e-3)
+    np.testing.assert_allclose(aligned.arrays["action"][~recorded], action[~recorded], atol=1e-3)
+    assert np.abs(aligned.arrays["action"][~recorded] - lowdim.arrays["action"][~recorded]).mean() > 1.0
     n_steps = len(aligned.arrays["obs"])
     np.testing.assert_array_equal(both.arrays["obs"][:n_steps], aligned.arrays["obs"])
-    mirrored_final = both.arrays["obs"][n_steps + aligned.episode_ends - 1]
-    np.testing.assert_allclose(mirrored_final[aligned.aligned_episodes, :18],
-                               np.tile(block_keypoints(mirror_poses(GOAL_POSE)).ravel(), (181, 1)), atol=1e-3)
+    mirrored_final = both.arrays["obs"][n_steps + aligned.episode_ends - 1]  # the goal is its own mirror image
+    np.testing.assert_allclose(mirrored_final[aligned.aligned_episodes, :18], np.tile(goal_keypoints, (181, 1)),
+                               atol=1e-3)
 
 
 def test_mirror_appends_every_demonstration_reflected(lowdim, raw):
