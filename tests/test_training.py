@@ -113,19 +113,21 @@ def test_resume_with_another_architecture_is_refused(tmp_path, pusht_zarr):
     with pytest.raises(CheckpointError, match="different policy"):
         TrainingWorkspace(tiny_config("training.num_epochs=2", "policy.down_dims=[8,16,32]"), tmp_path).run()
     with pytest.raises(CheckpointError, match="different task"):
-        TrainingWorkspace(tiny_config("training.num_epochs=2", "task.dataset.mirror=true"), tmp_path).run()
+        TrainingWorkspace(tiny_config("training.num_epochs=2", "task.dataset.mirror=false"), tmp_path).run()
 
 
 def test_checkpoints_older_than_later_settings_still_resume(tmp_path, pusht_zarr):
     """A checkpoint written before ``policy.cond_noise_std``, ``task.dataset.mirror`` and
-    ``task.dataset.align_to_goal`` existed resumes under a config that holds them at their defaults."""
-    TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=0"), tmp_path).run()
+    ``task.dataset.align_to_goal`` existed resumes under a config that holds them at the values such a
+    checkpoint implies (no noise, no mirror, no alignment)."""
+    before = ("training.rollout_every=0", "policy.cond_noise_std=0.0", "task.dataset.mirror=false")
+    TrainingWorkspace(tiny_config("training.num_epochs=1", *before), tmp_path).run()
     latest = tmp_path / "checkpoints" / "latest.ckpt"
     payload = load_checkpoint(latest)
     del payload["config"]["policy"]["cond_noise_std"], payload["config"]["task"]["dataset"]["mirror"]
     del payload["config"]["task"]["dataset"]["align_to_goal"]
     save_checkpoint(payload, latest)
-    metrics = TrainingWorkspace(tiny_config("training.num_epochs=2", "training.rollout_every=0"), tmp_path).run()
+    metrics = TrainingWorkspace(tiny_config("training.num_epochs=2", *before), tmp_path).run()
     assert metrics["epoch"] == 2
 
 
@@ -177,7 +179,7 @@ def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     env = dict(os.environ, SDL_VIDEODRIVER="dummy", OMP_NUM_THREADS="1")
     command = [sys.executable, "train.py", "--config-name=pusht_lowdim_cpu", "training.seed=42",
                "training.device=cpu", "training.num_epochs=1", "training.rollout_every=0",
-               "policy.cond_noise_std=0.02", "task.dataset.mirror=true", "task.dataset.align_to_goal=true",
+               "policy.cond_noise_std=0.05", "task.dataset.mirror=false", "task.dataset.align_to_goal=true",
                f"hydra.run.dir={tmp_path}"]
     command += [o for o in TINY_OVERRIDES if not o.startswith("training.rollout")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -185,7 +187,7 @@ def test_cli_overrides_like_the_reference(tmp_path, pusht_zarr):
     saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")
     assert saved["config"]["training"]["seed"] == 42 and saved["config"]["training"]["device"] == "cpu"
     assert saved["config"]["policy"]["down_dims"] == [16, 32, 64]
-    assert saved["config"]["policy"]["cond_noise_std"] == 0.02 and saved["config"]["task"]["dataset"]["mirror"]
+    assert saved["config"]["policy"]["cond_noise_std"] == 0.05 and not saved["config"]["task"]["dataset"]["mirror"]
     assert saved["config"]["task"]["dataset"]["align_to_goal"]
 
 
