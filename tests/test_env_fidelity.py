@@ -23,20 +23,26 @@ def _angle_error(a, b):
     return np.abs((a - b + np.pi) % (2 * np.pi) - np.pi)
 
 
-def test_replay_of_all_206_demos_reproduces_recorded_states(pusht_arrays):
-    """Place the recorded state[t] (velocities carried over from the previous step, as in the
-    recording), step action[t], compare with state[t+1] over every transition of every demo."""
-    state, action = pusht_arrays["state"], pusht_arrays["action"]
+def _teacher_forced_errors(state, action, bounds):
+    """Block position and angle errors of stepping action[t] from the placed state[t] (velocities carried
+    over from the previous step, as in the recording) against state[t+1], over the episodes ``bounds``."""
     env = PushTEnv(obs_type="state")
     position_errors, angle_errors = [], []
-    for start, end in _episode_bounds(pusht_arrays["episode_ends"]):
+    for start, end in bounds:
         env.reset(options={"reset_to_state": state[start]})
         for t in range(start, end - 1):
             env.place(state[t])
             obs, *_ = env.step(action[t])
             position_errors.append(np.linalg.norm(obs[2:4] - state[t + 1, 2:4]))
             angle_errors.append(_angle_error(obs[4], state[t + 1, 4]))
-    position_errors, angle_errors = np.array(position_errors), np.array(angle_errors)
+    return np.array(position_errors), np.array(angle_errors)
+
+
+def test_replay_of_all_206_demos_reproduces_recorded_states(pusht_arrays):
+    """Place the recorded state[t] (velocities carried over from the previous step, as in the
+    recording), step action[t], compare with state[t+1] over every transition of every demo."""
+    position_errors, angle_errors = _teacher_forced_errors(pusht_arrays["state"], pusht_arrays["action"],
+                                                           _episode_bounds(pusht_arrays["episode_ends"]))
     assert len(position_errors) == 25650 - 206
     assert np.median(position_errors) <= 0.01
     assert np.percentile(position_errors, 95) <= 1.0
@@ -49,17 +55,8 @@ def test_mirrored_demonstrations_replay_as_demonstrations(pusht_arrays):
     """The reflection behind ``task.dataset.mirror``: stepping the mirrored action from the mirrored
     recorded state lands on the mirrored next state, as the recording itself does (every 10th demo)."""
     state, action = pusht_arrays["state"].astype(np.float64), pusht_arrays["action"].astype(np.float64)
-    mirrored = mirror_states(state)
-    env = PushTEnv(obs_type="state")
-    errors, angle_errors = [], []
-    for start, end in list(_episode_bounds(pusht_arrays["episode_ends"]))[::10]:
-        env.reset(options={"reset_to_state": mirrored[start]})
-        for t in range(start, end - 1):
-            env.place(mirrored[t])
-            obs, *_ = env.step(mirror_points(action[t]))
-            errors.append(np.linalg.norm(obs[2:4] - mirrored[t + 1, 2:4]))
-            angle_errors.append(_angle_error(obs[4], mirrored[t + 1, 4]))
-    errors = np.array(errors)
+    errors, angle_errors = _teacher_forced_errors(mirror_states(state), mirror_points(action),
+                                                  list(_episode_bounds(pusht_arrays["episode_ends"]))[::10])
     assert len(errors) > 2000 and np.median(angle_errors) <= 1e-6
     # Measured on every 5th demo (5,294 transitions): median 3e-14 px, 99th percentile 5e-5 px, one at 9.4 px.
     assert np.median(errors) <= 1e-6 and np.percentile(errors, 99) <= 1e-3
@@ -82,16 +79,7 @@ def test_goal_aligned_demonstrations_replay_as_demonstrations(pusht_arrays):
     corners = np.stack([transform_points(TEE_POLYGONS.reshape(-1, 2), pose) for pose in state[:, 2:5]])
     wall_margin = np.minimum(corners.min(axis=(1, 2)) - 7, 504 - corners.max(axis=(1, 2)))
     closest_to_walls = sorted(moved_bounds, key=lambda bounds: wall_margin[bounds[0]:bounds[1]].min())[:5]
-    env = PushTEnv(obs_type="state")
-    errors, angle_errors = [], []
-    for start, end in moved_bounds[::10] + closest_to_walls:
-        env.reset(options={"reset_to_state": state[start]})
-        for t in range(start, end - 1):
-            env.place(state[t])
-            obs, *_ = env.step(action[t])
-            errors.append(np.linalg.norm(obs[2:4] - state[t + 1, 2:4]))
-            angle_errors.append(_angle_error(obs[4], state[t + 1, 4]))
-    errors = np.array(errors)
+    errors, angle_errors = _teacher_forced_errors(state, action, moved_bounds[::10] + closest_to_walls)
     assert len(errors) > 2000 and np.median(angle_errors) <= 1e-6
     # Measured (2,733 transitions, the block passing within 10.7 px of a wall): median 2.3e-6 px, max 3.5e-5 px,
     # i.e. the float32 storage of the recording.
