@@ -121,17 +121,20 @@ def clear_of_walls(states: np.ndarray) -> bool:
     agent = states[:, :2]
     if (agent.min() <= inner_low + AGENT_RADIUS) or (agent.max() >= inner_high - AGENT_RADIUS):
         return False
-    cos, sin = np.cos(states[:, 4, None]), np.sin(states[:, 4, None])
-    x, y = TEE_POLYGONS[..., 0].ravel(), TEE_POLYGONS[..., 1].ravel()
-    corners = np.stack([x * cos - y * sin + states[:, 2, None], x * sin + y * cos + states[:, 3, None]], axis=-1)
+    corners = body_points_batch(TEE_POLYGONS.reshape(-1, 2), states[:, 2:5])
     return bool(corners.min() > inner_low and corners.max() < inner_high)
+
+
+def body_points_batch(points: np.ndarray, poses: np.ndarray) -> np.ndarray:
+    """Body-frame ``points`` (K, 2) in the world for each of ``poses`` (N, 3): (N, K, 2) = R(θ_n) p + t_n."""
+    cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])
+    x, y = points[:, 0], points[:, 1]
+    return np.stack([x * cos - y * sin + poses[:, 0, None], x * sin + y * cos + poses[:, 1, None]], axis=-1)
 
 
 def block_keypoints_batch(poses: np.ndarray) -> np.ndarray:
     """The 9 keypoints (N, 9, 2) of blocks at ``poses`` (N, 3): R(θ_n) k + t_n, as ``block_keypoints``."""
-    cos, sin = np.cos(poses[:, 2, None]), np.sin(poses[:, 2, None])
-    x, y = TEE_KEYPOINTS[:, 0], TEE_KEYPOINTS[:, 1]
-    return np.stack([x * cos - y * sin + poses[:, 0, None], x * sin + y * cos + poses[:, 1, None]], axis=-1)
+    return body_points_batch(TEE_KEYPOINTS, poses)
 
 
 GOAL_POLYGONS = transform_points(TEE_POLYGONS, GOAL_POSE)

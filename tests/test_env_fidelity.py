@@ -8,10 +8,10 @@ from envs.geometry import (
     GOAL_POSE,
     TEE_POLYGONS,
     block_keypoints,
+    body_points_batch,
     goal_coverage,
     mirror_points,
     mirror_states,
-    transform_points,
 )
 
 
@@ -76,7 +76,7 @@ def test_goal_aligned_demonstrations_replay_as_demonstrations(pusht_arrays):
     np.testing.assert_array_equal(state[np.repeat(~aligned, np.diff(ends, prepend=0))],
                                   pusht_arrays["state"][np.repeat(~aligned, np.diff(ends, prepend=0))])
     moved_bounds = [bounds for bounds, moved in zip(_episode_bounds(ends), aligned) if moved]
-    corners = np.stack([transform_points(TEE_POLYGONS.reshape(-1, 2), pose) for pose in state[:, 2:5]])
+    corners = body_points_batch(TEE_POLYGONS.reshape(-1, 2), state[:, 2:5])
     wall_margin = np.minimum(corners.min(axis=(1, 2)) - 7, 504 - corners.max(axis=(1, 2)))
     closest_to_walls = sorted(moved_bounds, key=lambda bounds: wall_margin[bounds[0]:bounds[1]].min())[:5]
     errors, angle_errors = _teacher_forced_errors(state, action, moved_bounds[::10] + closest_to_walls)
