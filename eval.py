@@ -39,9 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    from evaluation.runner import PushTRunner, RunnerConfig
-    from policy.checkpoint import load_policy
-    from policy.executor import torch_predictor
+    from dpstack.evaluation.runner import PushTRunner, RunnerConfig
+    from dpstack.policy.checkpoint import load_policy
+    from dpstack.policy.executor import torch_predictor
 
     policy = load_policy(args.checkpoint, device=args.device)
     changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,

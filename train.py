@@ -14,14 +14,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from training.config import validate_config
+from dpstack.training.config import validate_config
 
 OmegaConf.register_new_resolver("eval", eval, replace=True)
 
 
 @hydra.main(version_base=None, config_path="configs", config_name="pusht_lowdim_quickstart")
 def main(cfg: DictConfig) -> None:
-    from training.workspace import TrainingWorkspace
+    from dpstack.training.workspace import TrainingWorkspace
 
     validate_config(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir)

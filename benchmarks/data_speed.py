@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader  # noqa: E402
+from dpstack.datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader  # noqa: E402
 
 REFERENCE = {"lowdim": {"build_s": 0.72, "samples_per_s": 105_000},
              "image": {"build_s": 4.5, "samples_per_s": 705}}

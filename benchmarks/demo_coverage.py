@@ -18,10 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.paths import pusht_zarr_path  # noqa: E402
-from datasets.replay_buffer import ReplayBuffer  # noqa: E402
-from envs import PushTEnv  # noqa: E402
-from envs.geometry import SUCCESS_COVERAGE, goal_coverage  # noqa: E402
+from dpstack.datasets.paths import pusht_zarr_path  # noqa: E402
+from dpstack.datasets.replay_buffer import ReplayBuffer  # noqa: E402
+from dpstack.envs import PushTEnv  # noqa: E402
+from dpstack.envs.geometry import SUCCESS_COVERAGE, goal_coverage  # noqa: E402
 
 
 def last_action_coverage(env: PushTEnv, state: np.ndarray, action: np.ndarray) -> float:

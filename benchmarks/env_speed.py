@@ -23,10 +23,10 @@ import pygame  # noqa: E402
 import pymunk.pygame_util  # noqa: E402
 import shapely.geometry as sg  # noqa: E402
 
-from envs import PushTEnv  # noqa: E402
-from envs.geometry import GOAL_POSE, TEE_KEYPOINTS, TEE_POLYGONS, transform_points  # noqa: E402
-from envs.physics import K_P, K_V, SUBSTEP_DT, SUBSTEPS, PushTPhysics  # noqa: E402
-from envs.render import linear_resize_taps  # noqa: E402
+from dpstack.envs import PushTEnv  # noqa: E402
+from dpstack.envs.geometry import GOAL_POSE, TEE_KEYPOINTS, TEE_POLYGONS, transform_points  # noqa: E402
+from dpstack.envs.physics import K_P, K_V, SUBSTEP_DT, SUBSTEPS, PushTPhysics  # noqa: E402
+from dpstack.envs.render import linear_resize_taps  # noqa: E402
 
 # Timings the issue reports for the reference implementation on this machine (steps/s).
 REFERENCE_REPORTED = {"keypoints": 2818.0, "image": 553.0}

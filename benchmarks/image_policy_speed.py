@@ -22,9 +22,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from datasets.normalizer import LinearNormalizer, unit_range_to_symmetric
-from diffusion.ema import EMAModel
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.datasets.normalizer import LinearNormalizer, unit_range_to_symmetric
+from dpstack.diffusion.ema import EMAModel
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SWEEP = [  # (label, overrides on pusht_image_cpu)
@@ -98,7 +98,7 @@ def params(config: DiffusionPolicyConfig) -> tuple[float, float]:
 
 
 def data_seconds(batch_size: int, repeats: int) -> float:
-    from datasets.pusht import PushTImageDataset
+    from dpstack.datasets.pusht import PushTImageDataset
 
     dataset = PushTImageDataset(horizon=16, pad_before=1, pad_after=7, max_train_episodes=90)
     rng = np.random.default_rng(0)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datasets.normalizer import LinearNormalizer
-from policy.checkpoint import load_policy
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.datasets.normalizer import LinearNormalizer
+from dpstack.policy.checkpoint import load_policy
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 
 
 def random_policy(**overrides) -> DiffusionUnetPolicy:

@@ -23,11 +23,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from envs import PushTEnv  # noqa: E402
-from envs.geometry import SUCCESS_COVERAGE  # noqa: E402
-from evaluation.vector_env import stack_observations  # noqa: E402
-from policy.checkpoint import load_policy  # noqa: E402
-from policy.executor import RecedingHorizonExecutor, torch_predictor  # noqa: E402
+from dpstack.envs import PushTEnv  # noqa: E402
+from dpstack.envs.geometry import SUCCESS_COVERAGE  # noqa: E402
+from dpstack.evaluation.vector_env import stack_observations  # noqa: E402
+from dpstack.policy.checkpoint import load_policy  # noqa: E402
+from dpstack.policy.executor import RecedingHorizonExecutor, torch_predictor  # noqa: E402
 
 NEAR = 0.90
 OVERSHOOT = 0.05

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-import diffusion
+from dpstack import diffusion
 
 CONFIG = dict(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", variance_type="fixed_small",
               clip_sample=True, prediction_type="epsilon")

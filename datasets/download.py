@@ -1,4 +1,4 @@
-"""Fetch and verify the Push-T demonstrations: ``python -m datasets.download pusht [--root DIR]``.
+"""Fetch and verify the Push-T demonstrations: ``python -m dpstack.datasets.download pusht [--root DIR]``.
 
 The zip is downloaded to ``<root>/pusht.zip.part`` (resumed with HTTP Range after an
 interruption), extracted into a temporary folder beside the target, checked file by file
@@ -71,7 +71,7 @@ def verify_tree(base: Path, checksums: dict[str, str], top: str) -> None:
 def _offline_message(url: str, zip_path: Path, reason: object) -> str:
     return (f"Could not reach {url} ({reason}).\n"
             f"Download it manually from {url} and save it as {zip_path}, "
-            "then run `python -m datasets.download pusht` again to verify and extract it.")
+            "then run `python -m dpstack.datasets.download pusht` again to verify and extract it.")
 
 
 def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Path:
@@ -158,7 +158,7 @@ def ensure_pusht(root: str | os.PathLike | None = None, allow_download: bool = F
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m datasets.download", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m dpstack.datasets.download", description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["pusht"])
     parser.add_argument("--root", help="data root (default: $DP_DATA_DIR, the shared folder, or ./data)")
     parser.add_argument("--url", help=f"zip URL (default: ${PUSHT_URL_ENV} or the official one)")

@@ -4,7 +4,7 @@ Resolution order for the data root:
 1. an explicit argument (a config's ``data_root`` key),
 2. the environment variable ``DP_DATA_DIR``,
 3. ``../shared/data`` next to the repository (the development and CI copy),
-4. ``./data`` in the current working directory (where ``python -m datasets.download`` puts it).
+4. ``./data`` in the current working directory (where ``python -m dpstack.datasets.download`` puts it).
 """
 from __future__ import annotations
 
@@ -41,5 +41,5 @@ def missing_pusht_message(path: str | os.PathLike) -> str:
         f"Push-T replay buffer not found at {path}.\n"
         f"Set the data root with the environment variable {DATA_DIR_ENV} or the config key 'data_root' "
         f"(the store must be <data_root>/{PUSHT_ZARR_RELPATH.as_posix()}), or download it with:\n"
-        "    python -m datasets.download pusht [--root DIR]"
+        "    python -m dpstack.datasets.download pusht [--root DIR]"
     )

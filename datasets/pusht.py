@@ -101,7 +101,7 @@ def _select(tree, row: int):
 
 def lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Low-dim steps computed from env states: obs = the 9 keypoints of the block pose, then the agent."""
-    from envs.geometry import block_keypoints_batch  # only the derived datasets need the env
+    from dpstack.envs.geometry import block_keypoints_batch  # only the derived datasets need the env
 
     keypoints = block_keypoints_batch(np.asarray(state[:, 2:5], dtype=np.float64))
     obs = np.concatenate([keypoints.reshape(len(state), -1), state[:, :2]], axis=-1)
@@ -111,7 +111,7 @@ def lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]
 def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
     """Low-dim steps of the demonstrations reflected across the goal T's axis (``envs.geometry.mirror_points``):
     agent and actions reflected, keypoints recomputed from the reflected block pose."""
-    from envs.geometry import mirror_points, mirror_states  # only the mirror needs the env
+    from dpstack.envs.geometry import mirror_points, mirror_states  # only the mirror needs the env
 
     return lowdim_steps(mirror_states(state.astype(np.float64)), mirror_points(action.astype(np.float64)))
 
@@ -126,7 +126,7 @@ def goal_aligned_demonstrations(state: np.ndarray, action: np.ndarray,
     carry along. ``clear_of_walls`` also keeps the agent's disc off the walls, a cautious extra (the
     kinematic agent does not collide with them). Returns (states, actions, aligned), ``aligned`` a bool per
     episode."""
-    from envs.geometry import GOAL_POSE, WORKSPACE_SIZE, clear_of_walls, move_points, move_states
+    from dpstack.envs.geometry import GOAL_POSE, WORKSPACE_SIZE, clear_of_walls, move_points, move_states
 
     state, action = state.astype(np.float64), action.astype(np.float64)
     moved_state, moved_action = state.copy(), action.copy()
@@ -149,7 +149,7 @@ def mirrored_image_steps(images: np.ndarray, state: np.ndarray, action: np.ndarr
     the reflection across x + y = 511, the nearest pixel permutation to the state's x + y = 512 (1 canvas
     pixel, 0.19 observation pixel apart); the 512 -> 96 resize, s = (d + ½)·512/96 − ½, commutes with it.
     """
-    from envs.geometry import GOAL_POSE, GOAL_REFLECTION, mirror_points  # only the mirror needs the env
+    from dpstack.envs.geometry import GOAL_POSE, GOAL_REFLECTION, mirror_points  # only the mirror needs the env
 
     if not (np.array_equal(GOAL_REFLECTION, [[0, -1], [-1, 0]]) and GOAL_POSE[0] + GOAL_POSE[1] == 512):
         raise ValueError("image mirroring assumes the goal axis x + y = 512; it does not hold for this GOAL_POSE")

@@ -47,7 +47,7 @@ def _committed_episode_ends(raw_ends: np.ndarray, where: str) -> np.ndarray:
         raise ReplayBufferError(
             f"{where}: meta/episode_ends is not strictly increasing at index {bad[0]} "
             f"(values {ends[max(bad[0] - 1, 0):bad[0] + 1].tolist()}); the store is corrupted. "
-            "Re-download it (python -m datasets.download pusht) or regenerate it."
+            "Re-download it (python -m dpstack.datasets.download pusht) or regenerate it."
         )
     return ends
 
@@ -159,7 +159,7 @@ class ReplayBuffer:
             if array.shape[0] < n_steps:
                 raise ReplayBufferError(
                     f"{path}: data/{key} has {array.shape[0]} steps but meta/episode_ends[-1] is {n_steps}; "
-                    "the store is truncated. Re-download it (python -m datasets.download pusht) or regenerate it.")
+                    "the store is truncated. Re-download it (python -m dpstack.datasets.download pusht) or regenerate it.")
             arrays[key] = array
         return root, arrays, ends, path
 

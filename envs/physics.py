@@ -14,7 +14,7 @@ import numpy as np
 import pymunk
 from pymunk._chipmunk import lib as chipmunk  # C API: reads contact sets without building Python objects
 
-from envs.geometry import (
+from dpstack.envs.geometry import (
     AGENT_RADIUS,
     TEE_CENTER_OF_GRAVITY,
     TEE_MASS,

@@ -12,7 +12,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.geometry import (
+from dpstack.envs.geometry import (
     GOAL_POSE,
     SUCCESS_COVERAGE,
     WORKSPACE_SIZE,
@@ -20,7 +20,7 @@ from envs.geometry import (
     goal_coverage,
     reward_from_coverage,
 )
-from envs.physics import CONTROL_HZ, PushTPhysics
+from dpstack.envs.physics import CONTROL_HZ, PushTPhysics
 
 OBS_TYPES = ("state", "keypoints", "image")
 UNSEEDED_SEED_RANGE = 2**31 - 1
@@ -184,7 +184,7 @@ class PushTEnv(gym.Env):
 
     def _draw(self):
         if self._renderer is None:
-            from envs.render import PushTRenderer
+            from dpstack.envs.render import PushTRenderer
 
             self._renderer = PushTRenderer(self.obs_image_size, self.video_size)
         physics = self.physics
@@ -196,7 +196,7 @@ class PushTEnv(gym.Env):
     def _show(self, renderer) -> None:
         import pygame
 
-        from envs.render import ACTION_MARKER_COLOR
+        from dpstack.envs.render import ACTION_MARKER_COLOR
 
         if self._window is None:
             pygame.display.init()

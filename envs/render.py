@@ -15,7 +15,7 @@ import numba
 import numpy as np
 import pygame
 
-from envs.geometry import (
+from dpstack.envs.geometry import (
     AGENT_RADIUS,
     GOAL_POLYGONS,
     TEE_POLYGONS,

@@ -1,6 +1,6 @@
 """Replay recorded Push-T demonstrations in the simulator and write a video of each.
 
-    python -m envs.replay [--episodes 0 1 2] [--output-dir outputs/replay] [--zarr PATH]
+    python -m dpstack.envs.replay [--episodes 0 1 2] [--output-dir outputs/replay] [--zarr PATH]
 
 Each episode starts from its recorded first state and executes the recorded actions open loop;
 the video shows the commanded action as a red cross. Printed per episode: steps, final and max
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.pusht_env import PushTEnv
-from envs.video import write_video
+from dpstack.envs.pusht_env import PushTEnv
+from dpstack.envs.video import write_video
 
 
 def replay_episode(episode: dict[str, np.ndarray], video_path: Path | None = None) -> dict[str, float]:
@@ -40,8 +40,8 @@ def replay_episode(episode: dict[str, np.ndarray], video_path: Path | None = Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    from datasets.paths import pusht_zarr_path
-    from datasets.replay_buffer import ReplayBuffer
+    from dpstack.datasets.paths import pusht_zarr_path
+    from dpstack.datasets.replay_buffer import ReplayBuffer
 
     parser = argparse.ArgumentParser(description="Replay Push-T demonstrations in the simulator.")
     parser.add_argument("--episodes", type=int, nargs="+", default=[0])

@@ -1,4 +1,4 @@
-"""Record Push-T demonstrations by hand: ``python -m envs.teleop --output demos.zarr``.
+"""Record Push-T demonstrations by hand: ``python -m dpstack.envs.teleop --output demos.zarr``.
 
 Move the mouse onto the blue agent to take control; it then follows the mouse at 10 Hz.
 Keys: ``S``/``Enter`` save the episode and start the next, ``R`` discard it and restart,
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.geometry import block_keypoints
-from envs.pusht_env import PushTEnv
+from dpstack.envs.geometry import block_keypoints
+from dpstack.envs.pusht_env import PushTEnv
 
 ENGAGE_DISTANCE = 30.0  # the mouse takes over the agent once this close to it (pixels)
 
@@ -46,7 +46,7 @@ class TeleopSession:
     """The teleoperation loop, driven by pygame events so it runs headless in tests."""
 
     def __init__(self, output: Path, start_seed: int | None = None, fps: int = 10) -> None:
-        from datasets.replay_buffer import ReplayBuffer
+        from dpstack.datasets.replay_buffer import ReplayBuffer
 
         self.buffer = ReplayBuffer.open(output, mode="a") if Path(output).exists() else ReplayBuffer.create(output)
         self.next_seed = self.buffer.n_episodes if start_seed is None else start_seed

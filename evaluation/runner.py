@@ -16,9 +16,9 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from envs.video import write_video
-from evaluation.vector_env import WorkerEnvPool, stack_observations
-from policy.executor import RecedingHorizonExecutor
+from dpstack.envs.video import write_video
+from dpstack.evaluation.vector_env import WorkerEnvPool, stack_observations
+from dpstack.policy.executor import RecedingHorizonExecutor
 
 MAX_RERUNS_PER_EPISODE = 2
 

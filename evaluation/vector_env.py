@@ -18,7 +18,7 @@ import numpy as np
 
 def make_env(env_kwargs: dict):
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
-    from envs.pusht_env import PushTEnv
+    from dpstack.envs.pusht_env import PushTEnv
 
     return PushTEnv(**env_kwargs)
 

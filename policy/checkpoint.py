@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from policy.diffusion_policy import (
+from dpstack.policy.diffusion_policy import (
     INFERENCE_SETTINGS,
     DiffusionPolicyConfig,
     DiffusionUnetPolicy,
@@ -117,7 +117,7 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """``python -m policy.checkpoint SOURCE DESTINATION [--weights-dtype float16]``: export for deployment."""
+    """``python -m dpstack.policy.checkpoint SOURCE DESTINATION [--weights-dtype float16]``: export for deployment."""
     import argparse
 
     parser = argparse.ArgumentParser(description="Write the deployment copy of a training checkpoint "

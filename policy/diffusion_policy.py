@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datasets.normalizer import LinearNormalizer
-from diffusion.noise import Generators, randn
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
-from policy.obs_encoders import build_obs_encoder
-from policy.unet1d import ConditionalUnet1D
+from dpstack.datasets.normalizer import LinearNormalizer
+from dpstack.diffusion.noise import Generators, randn
+from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.policy.obs_encoders import build_obs_encoder
+from dpstack.policy.unet1d import ConditionalUnet1D
 
 SAMPLERS = ("ddpm", "ddim")
 OBS_TYPES = ("lowdim", "image")

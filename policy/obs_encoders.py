@@ -24,6 +24,6 @@ def build_obs_encoder(config) -> nn.Module:
     """The encoder a policy config asks for."""
     if config.obs_type == "lowdim":
         return LowdimObsEncoder(config.obs_dim)
-    from policy.vision import build_image_encoder
+    from dpstack.policy.vision import build_image_encoder
 
     return build_image_encoder(config)

@@ -15,7 +15,7 @@ import torch  # noqa: E402
 # Small tensors: one intra-op thread is as fast and never oversubscribes a busy machine.
 torch.set_num_threads(1)
 
-from datasets.paths import pusht_zarr_path  # noqa: E402
+from dpstack.datasets.paths import pusht_zarr_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +23,7 @@ def pusht_zarr():
     """Path of the original Push-T demonstrations; skips where the data folder is absent."""
     path = pusht_zarr_path()
     if not path.exists():
-        pytest.skip(f"Push-T data not found at {path} (set DP_DATA_DIR or run `python -m datasets.download pusht`)")
+        pytest.skip(f"Push-T data not found at {path} (set DP_DATA_DIR or run `python -m dpstack.datasets.download pusht`)")
     return path
 
 
@@ -99,7 +99,7 @@ def ros():
 def checkpoint(tmp_path_factory, pusht_zarr):
     """A tiny trained low-dim checkpoint (one epoch, as tests/test_training.py trains them)."""
     from test_training import tiny_config
-    from training.workspace import TrainingWorkspace
+    from dpstack.training.workspace import TrainingWorkspace
 
     run = tmp_path_factory.mktemp("tiny_run")
     TrainingWorkspace(tiny_config("training.num_epochs=1", "training.rollout_every=100",

@@ -7,11 +7,11 @@ import zipfile
 
 import pytest
 
-from datasets import download
-from datasets.download import DownloadError, ensure_pusht, read_checksums, verify_tree
-from datasets.paths import PUSHT_ZARR_RELPATH, pusht_zarr_path
-from datasets.pusht import PushTLowdimDataset
-from datasets.replay_buffer import ReplayBuffer
+from dpstack.datasets import download
+from dpstack.datasets.download import DownloadError, ensure_pusht, read_checksums, verify_tree
+from dpstack.datasets.paths import PUSHT_ZARR_RELPATH, pusht_zarr_path
+from dpstack.datasets.pusht import PushTLowdimDataset
+from dpstack.datasets.replay_buffer import ReplayBuffer
 
 PUSHT = pusht_zarr_path()
 needs_pusht = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")
@@ -177,7 +177,7 @@ def test_download_needs_consent(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         ensure_pusht(tmp_path, allow_download=False)
     message = str(error.value)
-    assert str(tmp_path / PUSHT_ZARR_RELPATH) in message and "python -m datasets.download pusht" in message
+    assert str(tmp_path / PUSHT_ZARR_RELPATH) in message and "python -m dpstack.datasets.download pusht" in message
     assert "allow_download" in message and "DP_DATA_DIR" in message
 
 
@@ -186,4 +186,4 @@ def test_missing_store_error_from_dataset_says_where_and_how(tmp_path):
         PushTLowdimDataset(zarr_path=tmp_path / "nowhere.zarr")
     message = str(error.value)
     assert str(tmp_path / "nowhere.zarr") in message
-    assert "DP_DATA_DIR" in message and "data_root" in message and "python -m datasets.download pusht" in message
+    assert "DP_DATA_DIR" in message and "data_root" in message and "python -m dpstack.datasets.download pusht" in message

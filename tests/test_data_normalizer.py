@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from datasets.normalizer import LinearNormalizer, fit_affine, unit_range_to_symmetric
+from dpstack.datasets.normalizer import LinearNormalizer, fit_affine, unit_range_to_symmetric
 
 
 def sample_data():

@@ -5,16 +5,16 @@ import torch
 import zarr
 from torch.utils.data import DataLoader
 
-from datasets.paths import pusht_zarr_path
-from datasets.pusht import (
+from dpstack.datasets.paths import pusht_zarr_path
+from dpstack.datasets.pusht import (
     PushTImageDataset,
     PushTLowdimDataset,
     goal_aligned_demonstrations,
     make_dataloader,
     mirrored_image_steps,
 )
-from envs import PushTEnv
-from envs.geometry import GOAL_POSE, block_keypoints, mirror_points, mirror_poses, mirror_states
+from dpstack.envs import PushTEnv
+from dpstack.envs.geometry import GOAL_POSE, block_keypoints, mirror_points, mirror_poses, mirror_states
 
 PUSHT = pusht_zarr_path()
 pytestmark = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")

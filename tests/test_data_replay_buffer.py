@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import zarr
 
-from datasets.paths import pusht_zarr_path
-from datasets.replay_buffer import ReplayBuffer, ReplayBufferError
+from dpstack.datasets.paths import pusht_zarr_path
+from dpstack.datasets.replay_buffer import ReplayBuffer, ReplayBufferError
 
 PUSHT = pusht_zarr_path()
 needs_pusht = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from datasets.paths import pusht_zarr_path
-from datasets.replay_buffer import ReplayBuffer
-from datasets.sampler import SequenceSampler, build_window_index, cap_episodes, train_validation_masks, validation_mask
+from dpstack.datasets.paths import pusht_zarr_path
+from dpstack.datasets.replay_buffer import ReplayBuffer
+from dpstack.datasets.sampler import SequenceSampler, build_window_index, cap_episodes, train_validation_masks, validation_mask
 
 PUSHT = pusht_zarr_path()
 needs_pusht = pytest.mark.skipif(not PUSHT.exists(), reason=f"Push-T data not found at {PUSHT} (set DP_DATA_DIR)")

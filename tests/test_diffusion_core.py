@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion.gaussian import (
+from dpstack.diffusion.gaussian import (
     dynamic_threshold,
     eps_from_v,
     eps_from_x0,
@@ -17,8 +17,8 @@ from diffusion.gaussian import (
     x0_from_eps,
     x0_from_v,
 )
-from diffusion.losses import discretized_gaussian_log_likelihood, hybrid_loss, normal_kl, simple_loss, vlb_term
-from diffusion.schedules import BETA_SCHEDULES, NoiseSchedule, cosine_betas, make_betas
+from dpstack.diffusion.losses import discretized_gaussian_log_likelihood, hybrid_loss, normal_kl, simple_loss, vlb_term
+from dpstack.diffusion.schedules import BETA_SCHEDULES, NoiseSchedule, cosine_betas, make_betas
 
 
 @pytest.mark.parametrize("name", BETA_SCHEDULES)

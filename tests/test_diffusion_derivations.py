@@ -5,16 +5,16 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from diffusion.gaussian import eps_from_x0, p_mean_variance, q_posterior, q_sample, x0_from_eps
-from diffusion.losses import (
+from dpstack.diffusion.gaussian import eps_from_x0, p_mean_variance, q_posterior, q_sample, x0_from_eps
+from dpstack.diffusion.losses import (
     LOG2,
     discretized_gaussian_log_likelihood,
     normal_kl,
     prior_kl,
     vlb_bits_per_dim,
 )
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
-from diffusion.schedules import NoiseSchedule
+from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.diffusion.schedules import NoiseSchedule
 
 SCHEDULE = NoiseSchedule.from_name("linear", 20, 1e-3, 0.3)  # short chain with sizeable β_t
 

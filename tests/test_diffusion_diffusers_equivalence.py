@@ -13,7 +13,7 @@ import diffusers
 import pytest
 import torch
 
-from diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 
 SCHEDULES = ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
 SPACINGS = ["linspace", "leading", "trailing"]

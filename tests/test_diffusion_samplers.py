@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from diffusion import (
+from dpstack.diffusion import (
     DDIMScheduler,
     DDPMScheduler,
     EMAModel,
@@ -184,7 +184,7 @@ def test_ema_averages_trainable_and_copies_the_rest():
 
 
 def test_per_row_generators_make_each_row_independent_of_the_batch():
-    from diffusion import randn
+    from dpstack.diffusion import randn
 
     rows = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]
     batch = randn((3, 4, 2), rows)

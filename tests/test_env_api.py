@@ -5,8 +5,8 @@ import pymunk
 import pytest
 import shapely.geometry as sg
 
-import envs
-from envs.geometry import (
+from dpstack import envs
+from dpstack.envs.geometry import (
     GOAL_POSE,
     TEE_POLYGONS,
     block_keypoints,
@@ -19,7 +19,7 @@ from envs.geometry import (
     move_states,
     transform_points,
 )
-from envs.physics import PushTPhysics
+from dpstack.envs.physics import PushTPhysics
 
 
 def make(obs_type="state", **kwargs):

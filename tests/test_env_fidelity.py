@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from envs import PushTEnv
-from datasets.pusht import goal_aligned_demonstrations
-from envs.geometry import (
+from dpstack.envs import PushTEnv
+from dpstack.datasets.pusht import goal_aligned_demonstrations
+from dpstack.envs.geometry import (
     GOAL_POSE,
     TEE_POLYGONS,
     block_keypoints,

@@ -11,13 +11,13 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from datasets.normalizer import LinearNormalizer, unit_range_to_symmetric
-from datasets.pusht import PushTLowdimDataset
-from policy.checkpoint import load_checkpoint, load_policy
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
-from policy.vision import CropRandomizer, ImageObsEncoder, ScaledResNet18Trunk, build_image_encoder, resnet18_trunk
-from training.config import validate_config
-from training.workspace import TrainingWorkspace
+from dpstack.datasets.normalizer import LinearNormalizer, unit_range_to_symmetric
+from dpstack.datasets.pusht import PushTLowdimDataset
+from dpstack.policy.checkpoint import load_checkpoint, load_policy
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.policy.vision import CropRandomizer, ImageObsEncoder, ScaledResNet18Trunk, build_image_encoder, resnet18_trunk
+from dpstack.training.config import validate_config
+from dpstack.training.workspace import TrainingWorkspace
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_ENCODER = {"width": 8}

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.normalizer import LinearNormalizer
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
-from policy.executor import ObservationHistory, RecedingHorizonExecutor
-from policy.unet1d import ConditionalUnet1D
+from dpstack.datasets.normalizer import LinearNormalizer
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.policy.executor import ObservationHistory, RecedingHorizonExecutor
+from dpstack.policy.unet1d import ConditionalUnet1D
 
 TINY = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, sampler="ddim", num_inference_steps=5)
 

@@ -29,8 +29,8 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
     instead of going back to the stale measurement (which the plan had left)."""
     from std_srvs.srv import Trigger
 
-    from envs.geometry import block_keypoints
-    from policy.checkpoint import load_policy
+    from dpstack.envs.geometry import block_keypoints
+    from dpstack.policy.checkpoint import load_policy
 
     sys.path.insert(0, str(PACKAGE))
     from real_robot.policy_node import PolicyNode
@@ -108,7 +108,7 @@ def test_sim_auto_reset_pauses_before_the_next_episode():
     from builtin_interfaces.msg import Duration
     from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-    from envs.pusht_env import PushTEnv
+    from dpstack.envs.pusht_env import PushTEnv
 
     sys.path.insert(0, str(PACKAGE))
     from real_robot.sim_robot import SimRobot

@@ -18,9 +18,9 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable (pip install r
 def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
     """The same policy evaluated in-process, synchronously (as evaluation/runner.py does), with
     sampling noise drawn from ``noise_seed``."""
-    from envs.pusht_env import PushTEnv
-    from policy.checkpoint import load_policy
-    from policy.executor import RecedingHorizonExecutor, torch_predictor
+    from dpstack.envs.pusht_env import PushTEnv
+    from dpstack.policy.checkpoint import load_policy
+    from dpstack.policy.executor import RecedingHorizonExecutor, torch_predictor
 
     policy = load_policy(checkpoint)
     env = PushTEnv(obs_type="keypoints")
@@ -88,8 +88,8 @@ def image_checkpoint(tmp_path_factory, pusht_zarr):
 
     sys.path.insert(0, str(REPO / "tests"))
     from test_image_policy import TINY_RUN
-    from training.config import validate_config
-    from training.workspace import TrainingWorkspace
+    from dpstack.training.config import validate_config
+    from dpstack.training.workspace import TrainingWorkspace
 
     run = tmp_path_factory.mktemp("tiny_image_run")
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):

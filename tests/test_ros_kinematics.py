@@ -291,7 +291,7 @@ def test_camera_images_are_resized_like_the_simulator_renders_them():
     """A 512x512 frame sent as a ROS image decodes to exactly the simulator's 96x96 observation."""
     from types import SimpleNamespace
 
-    from envs.pusht_env import PushTEnv
+    from dpstack.envs.pusht_env import PushTEnv
     from real_robot.observations import image_from_msg
 
     env = PushTEnv(obs_type="image", obs_image_size=96)

@@ -92,7 +92,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
     from std_srvs.srv import SetBool, Trigger
     from trajectory_msgs.msg import JointTrajectory
 
-    from envs.geometry import block_keypoints
+    from dpstack.envs.geometry import block_keypoints
 
     sys.path.insert(0, str(PACKAGE))
     from real_robot.kinematics import UR_JOINT_NAMES, PlanarCalibration, URKinematics

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from envs import PushTEnv
-from evaluation.runner import EpisodeResult, EvaluationResult, PushTRunner, RunnerConfig
-from evaluation.vector_env import WorkerEnvPool
+from dpstack.envs import PushTEnv
+from dpstack.evaluation.runner import EpisodeResult, EvaluationResult, PushTRunner, RunnerConfig
+from dpstack.evaluation.vector_env import WorkerEnvPool
 
 
 def hold_still(stacked):
@@ -99,7 +99,7 @@ def test_render_failure_reruns_the_episode_once(monkeypatch, tmp_path):
         if command == "render":
             state["renders"] += 1
             if state["renders"] == 3:  # one failing render for the first slot, mid-episode
-                from evaluation.vector_env import WorkerFailure
+                from dpstack.evaluation.vector_env import WorkerFailure
 
                 answers, failures = original(self, command, arguments[1:], slots[1:])
                 self._start(slots[0])
@@ -118,8 +118,8 @@ def test_episode_results_do_not_depend_on_n_envs():
     differ only by the float rounding of batched matrix products (~1e-7)."""
     from pathlib import Path
 
-    from policy.checkpoint import load_policy
-    from policy.executor import torch_predictor
+    from dpstack.policy.checkpoint import load_policy
+    from dpstack.policy.executor import torch_predictor
 
     policy = load_policy(Path(__file__).resolve().parent.parent / "pretrained" / "pusht_lowdim.ckpt")
     results = []

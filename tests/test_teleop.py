@@ -3,9 +3,9 @@ import numpy as np
 import pygame
 import pytest
 
-from datasets.replay_buffer import ReplayBuffer
-from envs import PushTEnv
-from envs.teleop import TeleopSession, main
+from dpstack.datasets.replay_buffer import ReplayBuffer
+from dpstack.envs import PushTEnv
+from dpstack.envs.teleop import TeleopSession, main
 
 
 def post_mouse(x, y):

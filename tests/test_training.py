@@ -9,10 +9,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from policy.checkpoint import CheckpointError, export_for_inference, load_checkpoint, load_policy, save_checkpoint
-from policy.checkpoint import main as export_main
-from training.config import validate_config
-from training.workspace import TrainingWorkspace, warmup_cosine
+from dpstack.policy.checkpoint import CheckpointError, export_for_inference, load_checkpoint, load_policy, save_checkpoint
+from dpstack.policy.checkpoint import main as export_main
+from dpstack.training.config import validate_config
+from dpstack.training.workspace import TrainingWorkspace, warmup_cosine
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_OVERRIDES = [
@@ -160,7 +160,7 @@ def test_export_command_names_a_bad_source(tmp_path, capsys):
 
 def test_missing_dataset_error_says_where_to_get_it(tmp_path):
     cfg = tiny_config(f"data_root={tmp_path / 'nowhere'}")
-    with pytest.raises(Exception, match="datasets.download"):
+    with pytest.raises(Exception, match="dpstack.datasets.download"):
         TrainingWorkspace(cfg, tmp_path / "out").run()
 
 

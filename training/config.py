@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from policy.diffusion_policy import DiffusionPolicyConfig
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
 
 REQUIRED_SECTIONS = ("task", "policy", "training", "ema", "eval", "checkpoint", "logging")
 

@@ -20,15 +20,15 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from datasets.download import ensure_pusht
-from datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
-from diffusion.ema import EMAModel
-from evaluation.runner import PushTRunner, RunnerConfig
-from policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
-from policy.executor import torch_predictor
-from training.logger import RunLogger
-from training.topk import TopKCheckpoints
+from dpstack.datasets.download import ensure_pusht
+from dpstack.datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+from dpstack.diffusion.ema import EMAModel
+from dpstack.evaluation.runner import PushTRunner, RunnerConfig
+from dpstack.policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.policy.executor import torch_predictor
+from dpstack.training.logger import RunLogger
+from dpstack.training.topk import TopKCheckpoints
 
 # Config sections whose change makes a checkpoint incompatible with a run.
 ARCHITECTURE_KEYS = ("policy", "task")

@@ -34,7 +34,7 @@ def keypoints_from_array(msg) -> np.ndarray:
 
 def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
     """Block keypoints from the block's table-frame pose (position + yaw)."""
-    from envs.geometry import block_keypoints  # the simulator package, imported only where needed
+    from dpstack.envs.geometry import block_keypoints  # the simulator package, imported only where needed
 
     q = msg.pose.orientation
     xy = calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
@@ -47,7 +47,7 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     INTER_LINEAR convention, source coordinate s = (d + ½)·src/dst − ½), in its order: rows of
     horizontal taps, then the vertical blend, out = Σ_i wy_i Σ_j wx_j img[y_i, x_j]. A non-square
     camera image is stretched to a square: calibrate the camera crop to the table square."""
-    from envs.render import linear_resize_taps
+    from dpstack.envs.render import linear_resize_taps
 
     rows, row_w0, row_w1 = linear_resize_taps(image.shape[0], size)
     cols, col_w0, col_w1 = linear_resize_taps(image.shape[1], size)

@@ -70,7 +70,7 @@ class PolicyNode(SafetySwitches):
             raise ConfigError(str(error)) from None
         self.commands = CommandBuilder(self.calibration, p["table_height"], p["frame_id"], p["joint_names"])
         if policy is None:
-            from policy.checkpoint import load_policy
+            from dpstack.policy.checkpoint import load_policy
 
             policy = load_policy(p["checkpoint"], p["device"], optimize=True)  # CheckpointError propagates to main
         self.policy = policy

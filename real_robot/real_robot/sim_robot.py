@@ -55,7 +55,7 @@ class SimRobot:
         from std_msgs.msg import Float64MultiArray
         from trajectory_msgs.msg import JointTrajectory
 
-        from envs.pusht_env import PushTEnv
+        from dpstack.envs.pusht_env import PushTEnv
 
         self.node = node = Node(node_name)
         p = {}
@@ -172,7 +172,7 @@ class SimRobot:
             self.target, self.trajectory, self.points = None, None, []
 
     def _publish_state(self, stamp: float, agent_px) -> None:
-        from envs.geometry import block_keypoints
+        from dpstack.envs.geometry import block_keypoints
 
         sec, nanosec = int(stamp), int((stamp % 1) * 1e9)
         block = self.env.physics.block_pose
