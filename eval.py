@@ -17,23 +17,25 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.")
-    parser.add_argument("--checkpoint", required=True, type=Path)
-    parser.add_argument("--output_dir", required=True, type=Path)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--n_test", type=int, default=50)
-    parser.add_argument("--test_start_seed", type=int, default=100000)
-    parser.add_argument("--n_train", type=int, default=6)
-    parser.add_argument("--train_start_seed", type=int, default=0)
-    parser.add_argument("--n_envs", type=int, default=8)
-    parser.add_argument("--n_workers", type=int, default=None, help="env processes (default one per env; 0 = in-process)")
-    parser.add_argument("--num_inference_steps", type=int, default=None, help="default: the checkpoint's")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="default: the checkpoint's")
-    parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (default: the checkpoint's)")
-    parser.add_argument("--n_test_videos", type=int, default=4)
-    parser.add_argument("--n_train_videos", type=int, default=2)
+    parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt from train.py or pretrained/")
+    parser.add_argument("--output_dir", required=True, type=Path, help="eval_log.json and media/ go here")
+    parser.add_argument("--device", default="cpu", help="torch device of the policy")
+    parser.add_argument("--n_test", type=int, default=50, help="test episodes (seeds from --test_start_seed)")
+    parser.add_argument("--test_start_seed", type=int, default=100000, help="first test seed (the paper's)")
+    parser.add_argument("--n_train", type=int, default=6, help="episodes on training seeds")
+    parser.add_argument("--train_start_seed", type=int, default=0, help="first training seed")
+    parser.add_argument("--n_envs", type=int, default=8, help="environments stepped in lockstep, one policy batch")
+    parser.add_argument("--n_workers", type=int, default=None, help="env processes (None: one per env; 0: in-process)")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps (None: the checkpoint's)")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="None: the checkpoint's")
+    parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (None: the checkpoint's)")
+    parser.add_argument("--n_test_videos", type=int, default=4, help="test episodes written as videos")
+    parser.add_argument("--n_train_videos", type=int, default=2, help="training-seed episodes written as videos")
     parser.add_argument("--seed", type=int, default=42, help="seed of the diffusion sampling noise")
-    parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled")
+    parser.add_argument("--wandb", choices=["online", "offline", "disabled"], default="disabled",
+                        help="also log the metrics and videos to wandb")
     return parser.parse_args(argv)
 
 
@@ -42,11 +44,13 @@ def main(argv: list[str] | None = None) -> dict:
     from dpstack.evaluation.runner import PushTRunner, RunnerConfig
     from dpstack.policy.checkpoint import load_policy
     from dpstack.policy.executor import torch_predictor
+    from dpstack.training.cli import exit_on_user_error
 
-    policy = load_policy(args.checkpoint, device=args.device)
-    changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
-               "n_action_steps": args.n_action_steps}
-    policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
+    with exit_on_user_error(also=(ValueError,)):  # ValueError: an inference setting the policy refuses
+        policy = load_policy(args.checkpoint, device=args.device)
+        changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
+                   "n_action_steps": args.n_action_steps}
+        policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
     policy.optimize_for_inference()  # identical actions, faster sampling
     obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"
     runner_config = RunnerConfig(obs_type=obs_type, n_test=args.n_test, test_start_seed=args.test_start_seed,

@@ -1,12 +1,14 @@
 """Train a Diffusion Policy: ``python train.py [--config-name=NAME] [key=value ...]``.
 
 The config (``configs/``, hydra) fully describes the run; outputs go to
-``data/outputs/<date>/<time>_<name>_<task>`` (checkpoints, logs, rollout videos). Re-running with
-``hydra.run.dir=<that folder>`` and ``training.resume=true`` continues from ``latest.ckpt``.
+``data/outputs/<date>/<time>_<name>_<task>`` (checkpoints, logs, rollout videos). Running again with the
+same ``hydra.run.dir=<that folder>`` continues from its ``checkpoints/latest.ckpt`` (``training.resume``
+is true by default; ``training.resume=false`` starts over in that folder).
 """
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,21 +16,43 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from dpstack.training.cli import exit_on_user_error
 from dpstack.training.config import validate_config
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = "pusht_lowdim_quickstart"
 
 OmegaConf.register_new_resolver("eval", eval, replace=True)
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="pusht_lowdim_quickstart")
-def main(cfg: DictConfig) -> None:
-    from dpstack.training.workspace import TrainingWorkspace
+def config_summaries() -> list[str]:
+    """One entry per config in ``configs/``: its name and the first sentence of its leading comment."""
+    lines = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        comment = []
+        for line in path.read_text().splitlines():
+            if not line.startswith("#") or line.startswith("#  "):  # the end, or an indented command line
+                break
+            comment.append(line.lstrip("# ").strip())
+        about = re.split(r"(?<! al)\. |; ", " ".join(comment))[0].rstrip(":.")  # "Chi et al. 2023" stays whole
+        marker = " (the default)" if path.stem == DEFAULT_CONFIG else ""
+        lines.append(f"  {path.stem}{marker}\n      {about}")
+    return lines
 
-    validate_config(cfg)
+
+@hydra.main(version_base=None, config_path="configs", config_name=DEFAULT_CONFIG)
+def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    print(f"output dir: {output_dir}")
-    metrics = TrainingWorkspace(cfg, output_dir).run()
+    with exit_on_user_error(output_dir):
+        from dpstack.training.workspace import TrainingWorkspace
+
+        validate_config(cfg)
+        print(f"output dir: {output_dir}")
+        metrics = TrainingWorkspace(cfg, output_dir).run()
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
 
 
 if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):
+        print(__doc__.strip() + "\n\nConfigs (--config-name=NAME):\n" + "\n".join(config_summaries()) + "\n")
     sys.exit(main())

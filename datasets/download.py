@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .paths import PUSHT_ZARR_RELPATH, data_root, missing_pusht_message
+from .paths import PUSHT_ZARR_RELPATH, DataNotFoundError, data_root, download_command, missing_pusht_message
 
 PUSHT_URL = "https://diffusion-policy.cs.columbia.edu/data/training/pusht.zip"
 PUSHT_URL_ENV = "DP_PUSHT_URL"
@@ -101,10 +101,12 @@ def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Pa
                     out.write(block)
                     bar.update(len(block))
             except (OSError, socket.timeout) as error:
-                raise DownloadError(f"download of {url} interrupted ({error}); run again to resume") from error
+                raise DownloadError(f"download of {url} interrupted ({error}); run again to resume: "
+                                    f"{download_command(destination.parent)}") from error
     received = part.stat().st_size
     if total is not None and received < total:
-        raise DownloadError(f"download of {url} interrupted at {received} of {total} bytes; run again to resume")
+        raise DownloadError(f"download of {url} interrupted at {received} of {total} bytes; run again to "
+                            f"resume: {download_command(destination.parent)}")
     part.replace(destination)
     return destination
 
@@ -123,7 +125,8 @@ def _extract_verified(zip_path: Path, root: Path) -> Path:
                 archive.extractall(staging)
         except zipfile.BadZipFile as error:
             zip_path.unlink()
-            raise DownloadError(f"{zip_path} is not a valid zip ({error}); it was deleted, run again") from error
+            raise DownloadError(f"{zip_path} is not a valid zip ({error}); it was deleted, run again: "
+                                f"{download_command(root)}") from error
         extracted_parent = staging / PUSHT_ZARR_RELPATH.parent
         try:
             verify_tree(extracted_parent, read_checksums(), PUSHT_ZARR_RELPATH.name)
@@ -142,15 +145,15 @@ def ensure_pusht(root: str | os.PathLike | None = None, allow_download: bool = F
 
     A zip already at ``<root>/pusht.zip`` (fetched manually) is used without downloading.
     """
-    root = data_root(root)
+    explicit_root, root = root, data_root(root)
     target = root / PUSHT_ZARR_RELPATH
     if target.exists():
         return target
     zip_path = root / ZIP_NAME
     if not zip_path.exists():
         if not allow_download:
-            raise FileNotFoundError(missing_pusht_message(target)
-                                    + "\nor allow training to download it (config key 'allow_download: true').")
+            raise DataNotFoundError(missing_pusht_message(explicit_root)
+                                    + "\nor let training download it: python train.py allow_download=true")
         root.mkdir(parents=True, exist_ok=True)
         fetch(url or os.environ.get(PUSHT_URL_ENV) or PUSHT_URL, zip_path, timeout)
     return _extract_verified(zip_path, root)

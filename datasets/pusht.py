@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .normalizer import LinearNormalizer, unit_range_to_symmetric
-from .paths import missing_pusht_message, pusht_zarr_path
+from .paths import DataNotFoundError, missing_pusht_message, pusht_zarr_path
 from .replay_buffer import ReplayBuffer
 from .sampler import SequenceSampler, train_validation_masks
 
@@ -24,10 +24,10 @@ IMAGE_SCALE = np.float32(1.0 / 255.0)
 
 
 def resolve_pusht_path(zarr_path: str | os.PathLike | None) -> Path:
-    """The given store path, or the default one; raises FileNotFoundError with instructions if absent."""
+    """The given store path, or the data setting's; raises DataNotFoundError with instructions if absent."""
     path = Path(zarr_path) if zarr_path is not None else pusht_zarr_path()
     if not path.exists():
-        raise FileNotFoundError(missing_pusht_message(path))
+        raise DataNotFoundError(missing_pusht_message(store=zarr_path))
     return path
 
 

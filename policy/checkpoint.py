@@ -40,6 +40,19 @@ def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def _unreadable_message(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` refused ``path``, in full sentences (torch's own text runs to a paragraph)."""
+    if not zipfile.is_zipfile(path):
+        return (f"checkpoint {path} is unreadable: it is not the zip archive torch.save writes, so it is "
+                f"truncated (an interrupted copy), corrupted or another kind of file. Copy it again from its "
+                f"source, or write it again with train.py or python -m dpstack.policy.checkpoint")
+    if "Weights only load failed" in str(error):
+        return (f"checkpoint {path} is a torch file holding Python objects beyond tensors and plain values, "
+                f"so this project did not write it (its checkpoints load with weights_only=True)")
+    return (f"checkpoint {path} is a damaged torch archive ({type(error).__name__}). Copy it again from its "
+            f"source, or write it again with train.py or python -m dpstack.policy.checkpoint")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
     """Read a checkpoint written by ``save_checkpoint``; raises ``CheckpointError`` naming the problem."""
     path = Path(path)
@@ -47,9 +60,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a torch checkpoint "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from error
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(_unreadable_message(path, error)) from error
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path} is not a checkpoint of this project (format {found!r}, "

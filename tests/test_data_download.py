@@ -131,8 +131,9 @@ def test_truncated_transfer_is_resumed_by_second_call(server, tmp_path, monkeypa
     root = tmp_path / "data"
     monkeypatch.setenv(download.PUSHT_URL_ENV, f"{server.base_url}/pusht.zip")
     server.truncate_next = True
-    with pytest.raises(DownloadError, match="interrupted .*run again to resume"):
+    with pytest.raises(DownloadError, match="interrupted .*run again to resume") as error:
         ensure_pusht(root, allow_download=True)
+    assert f"python -m dpstack.datasets.download pusht --root {root}" in str(error.value)  # same place again
     part = root / "pusht.zip.part"
     assert 0 < part.stat().st_size < len(server.files["/pusht.zip"])
     assert not (root / PUSHT_ZARR_RELPATH).exists()

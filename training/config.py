@@ -5,8 +5,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
+from dpstack.training.schema import SECTIONS, unknown_config_keys
 
-REQUIRED_SECTIONS = ("task", "policy", "training", "ema", "eval", "checkpoint", "logging")
+
+class ConfigError(ValueError):
+    """A run config that cannot run; the message lists every problem and names the key to fix."""
 
 
 def resolve_device(device: str) -> str:
@@ -14,18 +17,21 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"training.device={device} but no CUDA device is available; use training.device=cpu")
+        raise ConfigError(f"training.device={device} but no CUDA device is available; use training.device=cpu")
     return device
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """Raise ``ValueError`` listing every problem found; resolves ``training.device``."""
-    missing = [name for name in REQUIRED_SECTIONS if name not in cfg]
+    """Raise ``ConfigError`` listing every problem found; resolves ``training.device``."""
+    missing = [name for name in SECTIONS if name not in cfg]
     if missing:
-        raise ValueError(f"config lacks sections {missing}")
-    DiffusionPolicyConfig.from_dict(OmegaConf.to_container(cfg.policy, resolve=True))
+        raise ConfigError(f"config lacks sections {missing}")
+    problems = unknown_config_keys(OmegaConf.to_container(cfg, resolve=False))
+    try:
+        DiffusionPolicyConfig.from_dict(OmegaConf.to_container(cfg.policy, resolve=True))
+    except (TypeError, ValueError) as error:
+        problems.append(str(error))
     tc = cfg.training
-    problems = []
     for key in ("num_epochs", "batch_size", "checkpoint_every"):
         if not isinstance(tc[key], int) or tc[key] < 1:
             problems.append(f"training.{key} must be a positive integer, got {tc[key]!r}")
@@ -37,5 +43,5 @@ def validate_config(cfg: DictConfig) -> None:
         problems.append("task.dataset.align_to_goal is implemented for keypoint observations only (moved "
                         "demonstrations would need re-rendered images): set it to false for an image task")
     if problems:
-        raise ValueError("invalid config: " + "; ".join(problems))
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {problem}" for problem in problems))
     cfg.training.device = resolve_device(str(tc.device))

@@ -1,0 +1,111 @@
+"""The keys a run config may hold, section by section, with their types; defaults live in ``configs/``.
+
+``policy`` is ``DiffusionPolicyConfig``, ``eval`` is ``RunnerConfig`` (less ``obs_type``, which the task
+decides) and ``ema`` is ``EMAModel``'s keyword arguments; the other sections are the dataclasses below.
+``unknown_config_keys`` finds what none of them reads, e.g. a typo added with ``+training.sed=1``.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, fields
+
+from dpstack.diffusion.ema import EMAModel
+from dpstack.evaluation.runner import RunnerConfig
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
+
+
+@dataclass
+class DatasetSection:
+    seed: int
+    val_ratio: float
+    max_train_episodes: int | None
+    mirror: bool
+    align_to_goal: bool
+
+
+@dataclass
+class TaskSection:
+    name: str
+    obs_type: str
+    obs_dim: int
+    action_dim: int
+    dataset: DatasetSection
+
+
+@dataclass
+class TrainingSection:
+    device: str
+    seed: int
+    num_epochs: int
+    max_train_steps: int | None
+    batch_size: int
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    lr_warmup_steps: int
+    val_every: int
+    rollout_every: int
+    checkpoint_every: int
+    resume: bool
+    num_threads: int | None
+    log_every: int
+    progress: bool
+
+
+@dataclass
+class CheckpointSection:
+    topk: int
+    monitor: str
+
+
+@dataclass
+class LoggingSection:
+    mode: str
+    project: str
+    name: str | None
+    group: str | None
+    tags: list[str]
+    id: str | None
+
+
+def _keys(schema) -> set[str]:
+    return {f.name for f in fields(schema)}
+
+
+TOP_LEVEL_KEYS = {"name", "task_name", "data_root", "allow_download"}
+SECTIONS = {
+    "task": TaskSection,
+    "policy": DiffusionPolicyConfig,
+    "training": TrainingSection,
+    "ema": {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")},
+    "eval": _keys(RunnerConfig) - {"obs_type"},
+    "checkpoint": CheckpointSection,
+    "logging": LoggingSection,
+}
+NESTED = {("task", "dataset"): DatasetSection}
+
+
+def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
+    problems = []
+    for key in sorted(set(values) - allowed):
+        close = difflib.get_close_matches(key, sorted(allowed), n=1)
+        hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (valid: {', '.join(sorted(allowed))})"
+        problems.append(f"unknown key {prefix}{key}{hint}")
+    return problems
+
+
+def unknown_config_keys(config: dict) -> list[str]:
+    """One message per key of ``config`` (a plain dict, hydra's own section removed) that no code reads."""
+    problems = _unknown(config, TOP_LEVEL_KEYS | set(SECTIONS), "")
+    for section, schema in SECTIONS.items():
+        values = config.get(section)
+        if not isinstance(values, dict):
+            continue
+        allowed = schema if isinstance(schema, set) else _keys(schema)
+        problems += _unknown(values, allowed, f"{section}.")
+        for (parent, child), nested in NESTED.items():
+            if parent == section and isinstance(values.get(child), dict):
+                problems += _unknown(values[child], _keys(nested), f"{section}.{child}.")
+    return problems
