@@ -33,6 +33,31 @@ AGENT_START = (256.0, 400.0)
 BLOCK_START = (256.0, 300.0)
 
 
+def agent_velocity_after_step(position_before, target, position_after) -> np.ndarray:
+    """The agent's velocity at the end of a control step, from its positions before and after it and
+    the step's target (all (..., 2)); what a recorded state lacks to continue its episode exactly.
+
+    Per axis the substeps are linear in the unknown start velocity v₀:
+    v_{k+1} = v_k + (K_P (a − p_k) − K_V v_k) dt,  p_{k+1} = p_k + v_{k+1} dt,  k = 0 … N−1,
+    so p_N = c + g v₀ and v_N = c' + g' v₀. Running the substeps for v₀ = 0 and v₀ = 1 gives c, g, c', g';
+    then v₀ = (p_N − c) / g and v_N = c' + g' v₀.
+    """
+    start = np.asarray(position_before, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+
+    def substeps(velocity):
+        position = start
+        for _ in range(SUBSTEPS):
+            velocity = velocity + (K_P * (target - position) + K_V * (0.0 - velocity)) * SUBSTEP_DT
+            position = position + velocity * SUBSTEP_DT
+        return position, velocity
+
+    end_at_rest, velocity_at_rest = substeps(np.zeros_like(start))
+    end_unit, velocity_unit = substeps(np.ones_like(start))
+    start_velocity = (np.asarray(position_after, dtype=np.float64) - end_at_rest) / (end_unit - end_at_rest)
+    return velocity_at_rest + (velocity_unit - velocity_at_rest) * start_velocity
+
+
 class PushTPhysics:
     """One Push-T scene: walls, the kinematic agent and the T block.
 
@@ -90,11 +115,15 @@ class PushTPhysics:
             self.block.angle = angle
             self.block.position = (block_x, block_y)
 
-    def set_state(self, state: np.ndarray, position_before_angle: bool = False) -> None:
-        """Place the scene at ``state`` (see ``place``) and run one settling substep, as the
-        reference does on reset (it moves the block only if it overlaps the agent)."""
+    def set_state(self, state: np.ndarray, position_before_angle: bool = False,
+                  agent_velocity: np.ndarray | None = None) -> None:
+        """Place the scene at ``state`` (see ``place``) and run one settling substep at rest, as the
+        reference does on reset (it moves the block only if it overlaps the agent); then give the agent
+        ``agent_velocity`` (px/s), so that an episode resumed mid-way continues as it was recorded."""
         self.place(state, position_before_angle)
         self._substep()
+        if agent_velocity is not None:
+            self.agent.velocity = (float(agent_velocity[0]), float(agent_velocity[1]))
 
     def step(self, target: np.ndarray) -> int:
         """Drive the agent toward ``target`` for one control step; return contact points per substep."""

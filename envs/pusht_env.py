@@ -42,7 +42,9 @@ class PushTEnv(gym.Env):
 
     ``legacy=True`` (the paper's evaluation mode) sets the block position before its angle on a
     seeded reset, reproducing the reference's initial states; ``legacy=False`` sets the angle
-    first. ``reset(options={"reset_to_state": s})`` places agent and block exactly at ``s``.
+    first. ``reset(options={"reset_to_state": s})`` places agent and block exactly at ``s`` with the agent
+    at rest; add ``"agent_velocity": v`` (``info["vel_agent"]`` of a recording, or
+    ``agent_velocity_after_step`` of its previous step) to resume a recorded episode mid-way exactly.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": CONTROL_HZ}
@@ -94,7 +96,12 @@ class PushTEnv(gym.Env):
                 raise ValueError(
                     f"reset_to_state must be 5 finite numbers [agent_x, agent_y, block_x, block_y, angle], got {state!r}")
             reset_seed = None
-            self.physics.set_state(state, position_before_angle=False)
+            velocity = options.get("agent_velocity")
+            if velocity is not None:
+                velocity = np.asarray(velocity, dtype=np.float64)
+                if velocity.shape != (2,) or not np.all(np.isfinite(velocity)):
+                    raise ValueError(f"agent_velocity must be 2 finite numbers [vx, vy] in px/s, got {velocity!r}")
+            self.physics.set_state(state, position_before_angle=False, agent_velocity=velocity)
         else:
             reset_seed = seed if seed is not None else int(self.np_random.integers(UNSEEDED_SEED_RANGE))
             self.physics.set_state(initial_state_for_seed(reset_seed), position_before_angle=self.legacy)
