@@ -11,12 +11,10 @@ coverage is above 0.80, 0.85 and 0.90, i.e. how much of the data shows the block
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dpstack.datasets.paths import pusht_zarr_path  # noqa: E402
 from dpstack.datasets.replay_buffer import ReplayBuffer  # noqa: E402

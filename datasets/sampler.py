@@ -68,11 +68,14 @@ class SequenceSampler:
     """Windows of ``horizon`` steps from the episodes selected by ``episode_mask``.
 
     ``arrays`` maps names to step-aligned arrays (numpy, or any array supporting slicing
-    such as zarr). Frames outside an episode repeat its first or last frame.
+    such as zarr). Frames outside an episode repeat its first or last frame. ``first_steps`` maps
+    keys to k: those are gathered for the first k frames of each window only (observations that a
+    policy conditions on k of, such as images: k = n_obs_steps saves gathering the rest).
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray], episode_ends: np.ndarray, horizon: int,
-                 pad_before: int = 0, pad_after: int = 0, episode_mask: np.ndarray | None = None):
+                 pad_before: int = 0, pad_after: int = 0, episode_mask: np.ndarray | None = None,
+                 first_steps: Mapping[str, int] | None = None):
         episode_ends = np.asarray(episode_ends, dtype=np.int64)
         if episode_mask is None:
             episode_mask = np.ones(len(episode_ends), dtype=bool)
@@ -82,6 +85,9 @@ class SequenceSampler:
             raise ValueError("horizon must be >= 1 and paddings >= 0")
         self.arrays = dict(arrays)
         self.horizon = horizon
+        self.first_steps = dict(first_steps or {})
+        if not all(1 <= k <= horizon for k in self.first_steps.values()):
+            raise ValueError(f"first_steps must lie in [1, horizon={horizon}], got {self.first_steps}")
         self.windows = build_window_index(episode_ends, np.asarray(episode_mask, dtype=np.bool_),
                                           horizon, pad_before, pad_after)
         self._offsets = np.arange(horizon, dtype=np.int64)
@@ -96,10 +102,12 @@ class SequenceSampler:
         return np.clip(steps, rows[:, 1:2], rows[:, 2:3] - 1)
 
     def sample(self, window_ids: Sequence[int] | np.ndarray, keys: Sequence[str] | None = None) -> dict:
-        """Arrays of shape (len(window_ids), horizon, ...) for each key, gathered in one indexing pass."""
+        """Arrays of shape (len(window_ids), horizon or first_steps[key], ...) for each key, gathered in one
+        indexing pass."""
         steps = self.step_indices(window_ids)
         keys = self.arrays.keys() if keys is None else keys
-        return {key: self._gather(self.arrays[key], steps) for key in keys}
+        return {key: self._gather(self.arrays[key], steps[:, :self.first_steps.get(key, self.horizon)])
+                for key in keys}
 
     @staticmethod
     def _gather(array, steps: np.ndarray) -> np.ndarray:

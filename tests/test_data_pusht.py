@@ -159,6 +159,17 @@ def test_image_loader_and_normalizer(image):
     assert normalized["agent_pos"].abs().max() <= 1.0 + 1e-6
 
 
+def test_image_dataset_can_gather_only_the_observed_steps(image):
+    observed = PushTImageDataset(PUSHT, n_obs_steps=2)
+    ids = np.array([0, 777, len(image) - 1])
+    full, short = image.batch(ids), observed.batch(ids)
+    assert short["obs"]["image"].shape == (3, 2, 3, 96, 96) and short["obs"]["agent_pos"].shape == (3, 2, 2)
+    torch.testing.assert_close(short["obs"]["image"], full["obs"]["image"][:, :2], rtol=0, atol=0)
+    torch.testing.assert_close(short["obs"]["agent_pos"], full["obs"]["agent_pos"][:, :2], rtol=0, atol=0)
+    torch.testing.assert_close(short["action"], full["action"], rtol=0, atol=0)  # actions keep the horizon
+    assert len(observed.get_validation_dataset()[0]["obs"]["image"]) == 2
+
+
 def test_mirrored_images_are_renders_of_the_mirrored_states(raw):
     """The anti-transposed recorded image is what the simulator draws for the reflected state, to within the
     1 canvas pixel between the pixel grid's axis (x + y = 511) and the state's (512) and the rasterisation

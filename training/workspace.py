@@ -84,6 +84,8 @@ class TrainingWorkspace:
         dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
         if task.obs_type == "lowdim":  # validate_config refuses align_to_goal for images
             options["align_to_goal"] = bool(task.dataset.get("align_to_goal", False))
+        else:  # only the images the policy conditions on are gathered
+            options["n_obs_steps"] = self.cfg.policy.n_obs_steps
         dataset = dataset_class(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
                                 pad_before=self.cfg.policy.n_obs_steps - 1,
                                 pad_after=self.cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
