@@ -10,6 +10,8 @@ median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import statistics
 import time
 from pathlib import Path
@@ -60,12 +62,14 @@ def main() -> None:
         full_chain = load_policy(args.checkpoint, optimize=True)
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
         rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls))
-    print(f"threads={args.threads}")
+    print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
+          f"torch {torch.__version__}, threads={args.threads}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")
     print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
     n_params = 0.0
     for name, policy, calls in rows:  # a traced model lists no parameters: the eager row before it counts
         n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6 or n_params
         print(f"{name:<48} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
+    print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f} (above ~0.5 per core, other work shared the machine)")
 
 
 if __name__ == "__main__":
