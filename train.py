@@ -1,7 +1,8 @@
-"""Train a Diffusion Policy: ``python train.py [--config-name=NAME] [key=value ...]``.
+"""Train a model: ``python train.py [--config-name=NAME] [key=value ...]``.
 
-The config (``configs/``, hydra) fully describes the run; outputs go to
-``data/outputs/<date>/<time>_<name>_<task>`` (checkpoints, logs, rollout videos). Running again with the
+The config (``configs/``, hydra) fully describes the run, its ``recipe`` the kind of model (a Diffusion
+Policy by default, ``image_diffusion`` for the MNIST DDPM); outputs go to
+``data/outputs/<date>/<time>_<name>_<task>`` (checkpoints, logs, rollout videos or sample grids). Running again with the
 same ``hydra.run.dir=<that folder>`` continues from its ``checkpoints/latest.ckpt`` (``training.resume``
 is true by default; ``training.resume=false`` starts over in that folder).
 """

@@ -1,8 +1,9 @@
-"""Fetch and verify the Push-T demonstrations: ``python -m dpstack.datasets.download pusht [--root DIR]``.
+"""Fetch and verify the data: ``python -m dpstack.datasets.download {pusht,mnist} [--root DIR]``.
 
-The zip is downloaded to ``<root>/pusht.zip.part`` (resumed with HTTP Range after an
+Push-T: the zip is downloaded to ``<root>/pusht.zip.part`` (resumed with HTTP Range after an
 interruption), extracted into a temporary folder beside the target, checked file by file
 against ``datasets/checksums/pusht.sha256`` and only then renamed into place.
+MNIST: the four official IDX files into ``<root>/mnist``, each checked against its canonical md5.
 """
 from __future__ import annotations
 
@@ -30,6 +31,16 @@ READ_BLOCK = 1 << 20
 DEFAULT_TIMEOUT_S = 10.0
 
 
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"  # PyTorch's mirror of the official files
+MNIST_URL_ENV = "DP_MNIST_URL"
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+
 class DownloadError(RuntimeError):
     """The data could not be fetched, or what was fetched failed verification."""
 
@@ -44,9 +55,9 @@ def read_checksums(path: Path = CHECKSUM_FILE) -> dict[str, str]:
     return checksums
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 digest of a file's content."""
-    digest = hashlib.sha256()
+def sha256_of(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest (sha256 by default) of a file's content."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(READ_BLOCK), b""):
             digest.update(block)
@@ -68,14 +79,16 @@ def verify_tree(base: Path, checksums: dict[str, str], top: str) -> None:
             raise DownloadError(f"checksum mismatch for {name}: the file is corrupted.")
 
 
-def _offline_message(url: str, zip_path: Path, reason: object) -> str:
+def _offline_message(url: str, zip_path: Path, reason: object, rerun: str) -> str:
     return (f"Could not reach {url} ({reason}).\n"
             f"Download it manually from {url} and save it as {zip_path}, "
-            "then run `python -m dpstack.datasets.download pusht` again to verify and extract it.")
+            f"then run `{rerun}` again to verify it.")
 
 
-def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Path:
-    """Download ``url`` to ``destination``, resuming ``destination.part`` left by an earlier attempt."""
+def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S, rerun: str | None = None) -> Path:
+    """Download ``url`` to ``destination``, resuming ``destination.part`` left by an earlier attempt;
+    ``rerun`` is the command that messages tell the user to run again (default: the Push-T download)."""
+    rerun = rerun or download_command(destination.parent)
     part = destination.with_name(destination.name + ".part")
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
@@ -87,7 +100,7 @@ def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Pa
             return destination
         raise DownloadError(f"{url} answered HTTP {error.code} {error.reason}") from error
     except (urllib.error.URLError, socket.timeout, ConnectionError) as error:
-        raise DownloadError(_offline_message(url, destination, getattr(error, "reason", error))) from error
+        raise DownloadError(_offline_message(url, destination, getattr(error, "reason", error), rerun)) from error
     with response:
         resumed = response.status == 206
         if not resumed:
@@ -101,12 +114,11 @@ def fetch(url: str, destination: Path, timeout: float = DEFAULT_TIMEOUT_S) -> Pa
                     out.write(block)
                     bar.update(len(block))
             except (OSError, socket.timeout) as error:
-                raise DownloadError(f"download of {url} interrupted ({error}); run again to resume: "
-                                    f"{download_command(destination.parent)}") from error
+                raise DownloadError(f"download of {url} interrupted ({error}); run again to resume: {rerun}") from error
     received = part.stat().st_size
     if total is not None and received < total:
         raise DownloadError(f"download of {url} interrupted at {received} of {total} bytes; run again to "
-                            f"resume: {download_command(destination.parent)}")
+                            f"resume: {rerun}")
     part.replace(destination)
     return destination
 
@@ -159,20 +171,40 @@ def ensure_pusht(root: str | os.PathLike | None = None, allow_download: bool = F
     return _extract_verified(zip_path, root)
 
 
+def ensure_mnist(root: str | os.PathLike | None = None, base_url: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT_S) -> Path:
+    """``<root>/mnist`` with the four official files, fetching those that are missing; every file's md5 checked."""
+    folder = data_root(root) / "mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    base_url = base_url or os.environ.get(MNIST_URL_ENV) or MNIST_URL
+    for name, expected in MNIST_MD5.items():
+        path = folder / name
+        if not path.exists():
+            fetch(base_url.rstrip("/") + "/" + name, path, timeout,
+                  rerun="python -m dpstack.datasets.download mnist" + (f" --root {root}" if root else ""))
+        if sha256_of(path, "md5") != expected:
+            raise DownloadError(f"checksum mismatch for {path}: the file is corrupted; delete it and run again")
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m dpstack.datasets.download", description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=["pusht"])
+    parser.add_argument("dataset", choices=["pusht", "mnist"])
     parser.add_argument("--root", help="data root (default: $DP_DATA_DIR, the shared folder, or ./data)")
-    parser.add_argument("--url", help=f"zip URL (default: ${PUSHT_URL_ENV} or the official one)")
+    parser.add_argument("--url", help=f"Push-T zip URL or MNIST folder URL (default: ${PUSHT_URL_ENV} / "
+                                      f"${MNIST_URL_ENV} or the official one)")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="connection timeout in seconds")
     args = parser.parse_args(argv)
     try:
-        path = ensure_pusht(args.root, allow_download=True, url=args.url, timeout=args.timeout)
-    except DownloadError as error:
+        if args.dataset == "mnist":
+            path = ensure_mnist(args.root, args.url, args.timeout)
+        else:
+            path = ensure_pusht(args.root, allow_download=True, url=args.url, timeout=args.timeout)
+    except (DownloadError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print(f"Push-T data ready at {path}")
+    print(f"{args.dataset} data ready at {path}")
     return 0
 
 

@@ -13,8 +13,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import Dataset
 
+from .loader import make_dataloader  # noqa: F401  (re-exported: the Push-T loader)
 from .normalizer import LinearNormalizer, unit_range_to_symmetric
 from .paths import DataNotFoundError, missing_pusht_message, pusht_zarr_path
 from .replay_buffer import ReplayBuffer
@@ -86,6 +87,10 @@ class _PushTWindowDataset(Dataset):
     def batch(self, window_ids: np.ndarray, device: torch.device | str | None = None) -> dict:
         """Batched sample dict of float32 tensors for the given window ids."""
         return self.finalize_batch(self.raw_batch(window_ids), device)
+
+    def gather(self, indices) -> dict:
+        """``raw_batch`` of dataset indices (the interface ``datasets.loader.BatchLoader`` reads)."""
+        return self.raw_batch(self._window_ids(indices))
 
     def raw_batch(self, window_ids: np.ndarray) -> dict:
         """Batched sample in storage dtypes (cheap to send between processes): (B, T, ...) tensors per key."""
@@ -238,66 +243,3 @@ class PushTImageDataset(_PushTWindowDataset):
 
 def _to(tensor: torch.Tensor, device) -> torch.Tensor:
     return tensor if device is None else tensor.to(device, non_blocking=True)
-
-
-class _RawBatches(Dataset):
-    """View of a window dataset whose items are ``raw_batch`` results for lists of window ids."""
-
-    def __init__(self, dataset: _PushTWindowDataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, window_ids) -> dict:
-        return self.dataset.raw_batch(self.dataset._window_ids(window_ids))
-
-
-class _SkippableBatches:
-    """A batch sampler whose next pass can skip its first k batches without gathering them."""
-
-    def __init__(self, batch_sampler) -> None:
-        self.batch_sampler, self.skip = batch_sampler, 0
-
-    def __iter__(self):
-        skip, self.skip = self.skip, 0
-        for i, indices in enumerate(self.batch_sampler):
-            if i >= skip:
-                yield indices
-
-    def __len__(self) -> int:
-        return len(self.batch_sampler)
-
-
-class BatchLoader:
-    """Iterable of training batches: workers gather storage-dtype batches, this process finalizes them.
-    ``skip_next(k)`` makes the next pass start at batch k of its order (exact mid-epoch resume)."""
-
-    def __init__(self, dataset: _PushTWindowDataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
-                 drop_last: bool = False, device: torch.device | str | None = None,
-                 generator: torch.Generator | None = None):
-        order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
-        self.dataset, self.device = dataset, device
-        self.batches = _SkippableBatches(BatchSampler(order, batch_size, drop_last))
-        # A private generator for the DataLoader's per-pass base seed: otherwise every pass draws from
-        # the global torch RNG, which training checkpoints save, and resumed runs would drift.
-        self.loader = DataLoader(_RawBatches(dataset), batch_size=None, sampler=self.batches,
-                                 num_workers=num_workers, persistent_workers=num_workers > 0,
-                                 generator=torch.Generator().manual_seed(0))
-
-    def skip_next(self, n_batches: int) -> None:
-        self.batches.skip = n_batches
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for raw in self.loader:
-            yield self.dataset.finalize_batch(raw, self.device)
-
-
-def make_dataloader(dataset: _PushTWindowDataset, batch_size: int, shuffle: bool = True, num_workers: int = 0,
-                    drop_last: bool = False, device: torch.device | str | None = None,
-                    generator: torch.Generator | None = None) -> BatchLoader:
-    """Batches of ``dataset`` with one vectorised gather per batch and no per-sample collate."""
-    return BatchLoader(dataset, batch_size, shuffle, num_workers, drop_last, device, generator)

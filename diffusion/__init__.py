@@ -1,6 +1,7 @@
 """Shared diffusion core: noise schedules, Gaussian diffusion maths, losses, diffusers-compatible schedulers,
 sampling helpers and EMA. Depends only on torch, numpy and the standard library."""
 from .ema import EMAModel
+from .embedding import SinusoidalStepEmbedding
 from .gaussian import (
     ReverseStep,
     dynamic_threshold,

@@ -5,22 +5,27 @@ from .noise import randn
 
 
 def sample_loop(model, scheduler, shape, num_inference_steps=None, *, generator=None, known=None, mask=None,
-                noise_known=False, **step_kwargs) -> torch.Tensor:
+                noise_known=False, on_step=None, x_T=None, **step_kwargs) -> torch.Tensor:
     """Run the reverse chain: x_T ~ N(0, σ_init² I), then x ← scheduler.step(model(x, t), t, x) for t in the chain.
 
     DDPM ancestral sampling with respacing, or DDIM (pass ``eta`` in ``step_kwargs``), depending on the
     scheduler; ``num_inference_steps`` respaces the chain. Inpainting hook: where ``mask`` is True the sample
     is overwritten with ``known`` before every model call and at the end (Diffusion Policy's conditioning);
     with ``noise_known`` the known part is first diffused to the current level, x_t = √ᾱ_t known + √(1−ᾱ_t) ε.
+    ``on_step(t, x_t, output)``, if given, sees each step's input and ``SchedulerOutput`` (x_{t−1}, x̂_0);
+    ``x_T`` replaces the initial draw.
     """
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
-    sample = randn(shape, generator) * scheduler.init_noise_sigma
+    sample = randn(shape, generator) * scheduler.init_noise_sigma if x_T is None else x_T
     for t in scheduler.timesteps:
         if mask is not None:
             sample = torch.where(mask, _known_at(scheduler, known, t, noise_known, generator), sample)
         model_output = model(scheduler.scale_model_input(sample, t), t)
-        sample = scheduler.step(model_output, t, sample, generator=generator, **step_kwargs).prev_sample
+        output = scheduler.step(model_output, t, sample, generator=generator, **step_kwargs)
+        if on_step is not None:
+            on_step(t, sample, output)
+        sample = output.prev_sample
     return sample if mask is None else torch.where(mask, known, sample)
 
 

@@ -1,76 +1,22 @@
-"""Checkpoints: atomic writes, validated reads, and ``load_policy`` for evaluation and deployment.
+"""Policy checkpoints: ``load_policy`` for evaluation and deployment, and the small deployment copy.
 
-A checkpoint is a ``torch.save`` dict of tensors and plain Python values only (it loads with
-``weights_only=True``): the run's full config, the policy config, the model / EMA / optimizer /
-LR-scheduler state dicts, the training position and RNG states, and the latest metrics.
+The file format (atomic writes, validated reads) is the core's, ``dpstack.diffusion.checkpoint_io``; its
+functions are re-exported here. A policy checkpoint holds ``policy_config`` beside the run's config.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
 from dpstack.policy.diffusion_policy import (
     INFERENCE_SETTINGS,
     DiffusionPolicyConfig,
     DiffusionUnetPolicy,
     with_inference_settings,
 )
-
-CHECKPOINT_FORMAT = "diffusion-policy-stack/1"
-
-
-class CheckpointError(RuntimeError):
-    """A file that is not a usable checkpoint of this project; the message says why."""
-
-
-def save_checkpoint(payload: dict, path: str | os.PathLike) -> Path:
-    """Write ``payload`` to ``path`` atomically: a temp file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        torch.save({"format": CHECKPOINT_FORMAT, **payload}, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    return path
-
-
-def _unreadable_message(path: Path, error: Exception) -> str:
-    """Why ``torch.load`` refused ``path``, in full sentences (torch's own text runs to a paragraph)."""
-    if not zipfile.is_zipfile(path):
-        return (f"checkpoint {path} is unreadable: it is not the zip archive torch.save writes, so it is "
-                f"truncated (an interrupted copy), corrupted or another kind of file. Copy it again from its "
-                f"source, or write it again with train.py or python -m dpstack.policy.checkpoint")
-    if "Weights only load failed" in str(error):
-        return (f"checkpoint {path} is a torch file holding Python objects beyond tensors and plain values, "
-                f"so this project did not write it (its checkpoints load with weights_only=True)")
-    return (f"checkpoint {path} is a damaged torch archive ({type(error).__name__}). Copy it again from its "
-            f"source, or write it again with train.py or python -m dpstack.policy.checkpoint")
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; raises ``CheckpointError`` naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
-        raise CheckpointError(_unreadable_message(path, error)) from error
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(f"{path} is not a checkpoint of this project (format {found!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r})")
-    for key in ("config", "policy_config", "state_dicts"):
-        if key not in payload:
-            raise CheckpointError(f"checkpoint {path} lacks {key!r}; it was not written by train.py")
-    return payload
-
 
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -90,6 +36,8 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     payload = load_checkpoint(source)
+    if "policy_config" not in payload:
+        raise CheckpointError(f"checkpoint {source} holds no policy; only policies are exported for deployment")
     policy_config = with_inference_settings(DiffusionPolicyConfig.from_dict(payload["policy_config"]),
                                             **inference_settings)
     states = payload["state_dicts"]
@@ -117,6 +65,10 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
     """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``;
     ``optimize=True`` also traces the U-Net (``DiffusionUnetPolicy.optimize_for_inference``)."""
     payload = load_checkpoint(checkpoint_path, map_location=device)
+    if "policy_config" not in payload:
+        kind = payload.get("config", {}).get("recipe", "unknown")
+        raise CheckpointError(f"checkpoint {checkpoint_path} holds a model of recipe {kind!r}, not a policy "
+                              f"(sample from it with python -m dpstack.generative.sample)")
     policy = build_policy(payload["policy_config"])
     states = payload["state_dicts"]
     weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]

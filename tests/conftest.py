@@ -15,7 +15,7 @@ import torch  # noqa: E402
 # Small tensors: one intra-op thread is as fast and never oversubscribes a busy machine.
 torch.set_num_threads(1)
 
-from dpstack.datasets.paths import pusht_zarr_path  # noqa: E402
+from dpstack.datasets.paths import data_root, pusht_zarr_path  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +25,15 @@ def pusht_zarr():
     if not path.exists():
         pytest.skip(f"Push-T data not found at {path} (set DP_DATA_DIR or run `python -m dpstack.datasets.download pusht`)")
     return path
+
+
+@pytest.fixture(scope="session")
+def mnist_data():
+    """The MNIST folder (test split at least); skips where the data folder is absent."""
+    folder = data_root() / "mnist"
+    if not (folder / "t10k-images-idx3-ubyte.gz").exists() and not (folder / "t10k-images-idx3-ubyte").exists():
+        pytest.skip(f"MNIST not found at {folder} (set DP_DATA_DIR or run `python -m dpstack.datasets.download mnist`)")
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -143,8 +143,15 @@ def test_corrupted_and_foreign_checkpoints_are_named(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         load_policy(tmp_path / "missing.ckpt")
     incomplete = save_checkpoint({"config": {}}, tmp_path / "incomplete.ckpt")
-    with pytest.raises(CheckpointError, match="lacks 'policy_config'"):
+    with pytest.raises(CheckpointError, match="lacks 'state_dicts'"):
         load_policy(incomplete)
+    configless = save_checkpoint({"config": {}, "state_dicts": {}}, tmp_path / "configless.ckpt")
+    with pytest.raises(CheckpointError, match="lacks its model config"):
+        load_policy(configless)
+    image_model = save_checkpoint({"config": {"recipe": "image_diffusion"}, "model_config": {}, "state_dicts": {}},
+                                  tmp_path / "image.ckpt")
+    with pytest.raises(CheckpointError, match="recipe 'image_diffusion', not a policy"):
+        load_policy(image_model)
 
 
 def test_export_command_names_a_bad_source(tmp_path, capsys):

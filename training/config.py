@@ -4,8 +4,13 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpstack.generative.image_diffusion import ImageDiffusionConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
-from dpstack.training.schema import SECTIONS, unknown_config_keys
+from dpstack.training.recipes import recipe_name
+from dpstack.training.schema import RECIPE_SECTIONS, unknown_config_keys
+
+
+MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig), "image_diffusion": ("model", ImageDiffusionConfig)}
 
 
 class ConfigError(ValueError):
@@ -23,25 +28,37 @@ def resolve_device(device: str) -> str:
 
 def validate_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` listing every problem found; resolves ``training.device``."""
-    missing = [name for name in SECTIONS if name not in cfg]
+    try:
+        recipe = recipe_name(cfg)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    missing = [name for name in RECIPE_SECTIONS[recipe] if name not in cfg]
     if missing:
         raise ConfigError(f"config lacks sections {missing}")
     problems = unknown_config_keys(OmegaConf.to_container(cfg, resolve=False))
+    section, config_class = MODEL_CONFIGS[recipe]
     try:
-        DiffusionPolicyConfig.from_dict(OmegaConf.to_container(cfg.policy, resolve=True))
+        config_class.from_dict(OmegaConf.to_container(cfg[section], resolve=True))
     except (TypeError, ValueError) as error:
         problems.append(str(error))
+    if recipe == "policy":
+        problems += _policy_problems(cfg)
     tc = cfg.training
     for key in ("num_epochs", "batch_size", "checkpoint_every"):
         if not isinstance(tc[key], int) or tc[key] < 1:
             problems.append(f"training.{key} must be a positive integer, got {tc[key]!r}")
     if not tc.lr > 0:
         problems.append(f"training.lr must be positive, got {tc.lr!r}")
+    if problems:
+        raise ConfigError("invalid config:\n" + "\n".join(f"  - {problem}" for problem in problems))
+    cfg.training.device = resolve_device(str(tc.device))
+
+
+def _policy_problems(cfg: DictConfig) -> list[str]:
+    problems = []
     if cfg.policy.obs_type != cfg.task.obs_type:
         problems.append(f"policy.obs_type={cfg.policy.obs_type} does not match task.obs_type={cfg.task.obs_type}")
     if cfg.task.obs_type != "lowdim" and cfg.task.dataset.get("align_to_goal", False):
         problems.append("task.dataset.align_to_goal is implemented for keypoint observations only (moved "
                         "demonstrations would need re-rendered images): set it to false for an image task")
-    if problems:
-        raise ConfigError("invalid config:\n" + "\n".join(f"  - {problem}" for problem in problems))
-    cfg.training.device = resolve_device(str(tc.device))
+    return problems

@@ -43,6 +43,13 @@ class RunLogger:
         self.run.log({f"{name}/video": wandb.Video(str(path), format="mp4") for name, path in videos.items()},
                      step=step)
 
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        if self.run is None or not images:
+            return
+        import wandb
+
+        self.run.log({f"{name}/image": wandb.Image(str(path)) for name, path in images.items()}, step=step)
+
     def close(self) -> None:
         self.file.close()
         if self.run is not None:

@@ -1,8 +1,10 @@
 """The keys a run config may hold, section by section, with their types; defaults live in ``configs/``.
 
-``policy`` is ``DiffusionPolicyConfig``, ``eval`` is ``RunnerConfig`` (less ``obs_type``, which the task
-decides) and ``ema`` is ``EMAModel``'s keyword arguments; the other sections are the dataclasses below.
-``unknown_config_keys`` finds what none of them reads, e.g. a typo added with ``+training.sed=1``.
+Each recipe (``training.recipes``) has its sections. A policy's ``policy`` is ``DiffusionPolicyConfig``,
+its ``eval`` is ``RunnerConfig`` (less ``obs_type``, which the task decides); an image DDPM's ``model`` is
+``ImageDiffusionConfig`` (``model.unet``: ``UNet2DConfig``). ``ema`` is ``EMAModel``'s keyword arguments;
+the other sections are the dataclasses below. ``unknown_config_keys`` finds what none of them reads, e.g. a
+typo added with ``+training.sed=1``.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ from dataclasses import dataclass, fields
 
 from dpstack.diffusion.ema import EMAModel
 from dpstack.evaluation.runner import RunnerConfig
+from dpstack.generative.image_diffusion import ImageDiffusionConfig
+from dpstack.generative.unet2d import UNet2DConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
+from dpstack.training.recipes import recipe_name
 
 
 @dataclass
@@ -55,6 +60,23 @@ class TrainingSection:
 
 
 @dataclass
+class ImageTaskSection:
+    name: str
+    max_train_items: int | None  # the first n training digits (null: all)
+    max_val_items: int | None    # the first n held-out digits for the validation loss (null: all)
+
+
+@dataclass
+class ImageEvalSection:  # the in-training evaluation; python -m dpstack.generative.evaluate is the full one
+    n_bpd: int
+    n_samples: int
+    sampler: str
+    steps: int | None
+    eta: float
+    seed: int
+
+
+@dataclass
 class CheckpointSection:
     topk: int
     monitor: str
@@ -74,17 +96,17 @@ def _keys(schema) -> set[str]:
     return {f.name for f in fields(schema)}
 
 
-TOP_LEVEL_KEYS = {"name", "task_name", "data_root", "allow_download"}
-SECTIONS = {
-    "task": TaskSection,
-    "policy": DiffusionPolicyConfig,
-    "training": TrainingSection,
-    "ema": {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")},
-    "eval": _keys(RunnerConfig) - {"obs_type"},
-    "checkpoint": CheckpointSection,
-    "logging": LoggingSection,
+TOP_LEVEL_KEYS = {"recipe", "name", "task_name", "data_root", "allow_download"}
+EMA_KEYS = {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")}
+COMMON_SECTIONS = {"training": TrainingSection, "ema": EMA_KEYS, "checkpoint": CheckpointSection,
+                   "logging": LoggingSection}
+RECIPE_SECTIONS = {
+    "policy": {"task": TaskSection, "policy": DiffusionPolicyConfig, "eval": _keys(RunnerConfig) - {"obs_type"},
+               **COMMON_SECTIONS},
+    "image_diffusion": {"task": ImageTaskSection, "model": ImageDiffusionConfig, "eval": ImageEvalSection,
+                        **COMMON_SECTIONS},
 }
-NESTED = {("task", "dataset"): DatasetSection}
+RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection}, "image_diffusion": {("model", "unet"): UNet2DConfig}}
 
 
 def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
@@ -98,14 +120,15 @@ def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
 
 def unknown_config_keys(config: dict) -> list[str]:
     """One message per key of ``config`` (a plain dict, hydra's own section removed) that no code reads."""
-    problems = _unknown(config, TOP_LEVEL_KEYS | set(SECTIONS), "")
-    for section, schema in SECTIONS.items():
+    sections, nested_sections = RECIPE_SECTIONS[recipe_name(config)], RECIPE_NESTED[recipe_name(config)]
+    problems = _unknown(config, TOP_LEVEL_KEYS | set(sections), "")
+    for section, schema in sections.items():
         values = config.get(section)
         if not isinstance(values, dict):
             continue
         allowed = schema if isinstance(schema, set) else _keys(schema)
         problems += _unknown(values, allowed, f"{section}.")
-        for (parent, child), nested in NESTED.items():
+        for (parent, child), nested in nested_sections.items():
             if parent == section and isinstance(values.get(child), dict):
                 problems += _unknown(values[child], _keys(nested), f"{section}.{child}.")
     return problems

@@ -1,10 +1,10 @@
-"""The training workspace: owns one run — data, policy, EMA, optimizer, LR schedule, logging,
-rollouts, checkpoints and exact resume.
+"""The training workspace: owns one run — data, model, EMA, optimizer, LR schedule, logging,
+evaluation, checkpoints and exact resume — for every model of the project; its recipe
+(``training.recipes``: a policy, an image DDPM, ...) supplies the data, the model and the evaluation.
 
 Optimisation: AdamW, learning rate warmed up linearly for ``lr_warmup_steps`` then cosine-decayed
 to 0 over all training steps, stepped per batch; EMA of the weights with decay
-1 − (1 + step / inv_gamma)^(−power) capped at ``max_value``. Rollouts and the final evaluation use
-the EMA policy.
+1 − (1 + step / inv_gamma)^(−power) capped at ``max_value``. Evaluations use the EMA model.
 """
 from __future__ import annotations
 
@@ -20,21 +20,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from dpstack.datasets.download import ensure_pusht
-from dpstack.datasets.pusht import PushTImageDataset, PushTLowdimDataset, make_dataloader
+from dpstack.datasets.loader import make_dataloader
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from dpstack.diffusion.ema import EMAModel
-from dpstack.evaluation.runner import PushTRunner, RunnerConfig
-from dpstack.policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
-from dpstack.policy.executor import torch_predictor
 from dpstack.training.logger import RunLogger
+from dpstack.training.recipes import DEFAULT_RECIPE, make_recipe
 from dpstack.training.topk import TopKCheckpoints
 
-# Config sections whose change makes a checkpoint incompatible with a run.
-ARCHITECTURE_KEYS = ("policy", "task")
 # Settings added after checkpoints were first written, with the value that older checkpoints imply.
 LATER_SETTINGS = {("policy", "cond_noise_std"): 0.0, ("task", "dataset", "mirror"): False,
-                  ("task", "dataset", "align_to_goal"): False}
+                  ("task", "dataset", "align_to_goal"): False, ("recipe",): DEFAULT_RECIPE}
 
 
 def _with_later_settings(config: dict) -> dict:
@@ -75,42 +70,15 @@ class TrainingWorkspace:
         self.device = torch.device(cfg.training.device)
         self.epoch = 0
         self.global_step = 0
-
-    # --- construction ------------------------------------------------------------------
-    def _build_data(self):
-        task = self.cfg.task
-        zarr_path = ensure_pusht(self.cfg.data_root, allow_download=bool(self.cfg.allow_download))
-        options = {"mirror": bool(task.dataset.get("mirror", False))}
-        dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
-        if task.obs_type == "lowdim":  # validate_config refuses align_to_goal for images
-            options["align_to_goal"] = bool(task.dataset.get("align_to_goal", False))
-        else:  # only the images the policy conditions on are gathered
-            options["n_obs_steps"] = self.cfg.policy.n_obs_steps
-        dataset = dataset_class(zarr_path=zarr_path, horizon=self.cfg.policy.horizon,
-                                pad_before=self.cfg.policy.n_obs_steps - 1,
-                                pad_after=self.cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
-                                val_ratio=task.dataset.val_ratio,
-                                max_train_episodes=task.dataset.max_train_episodes, **options)
-        return dataset, dataset.get_validation_dataset()
-
-    def _build_policy(self, normalizer) -> DiffusionUnetPolicy:
-        config = DiffusionPolicyConfig.from_dict(OmegaConf.to_container(self.cfg.policy, resolve=True))
-        return DiffusionUnetPolicy(config, normalizer).to(self.device)
-
-    def _runner(self, n_test: int | None = None) -> PushTRunner:
-        values = OmegaConf.to_container(self.cfg.eval, resolve=True)
-        values["obs_type"] = "keypoints" if self.cfg.task.obs_type == "lowdim" else "image"
-        if n_test is not None:
-            values["n_test"] = n_test
-        return PushTRunner(RunnerConfig(**values), self.cfg.policy.n_obs_steps, self.cfg.policy.n_action_steps)
+        self.recipe = make_recipe(cfg)
 
     # --- checkpoints -------------------------------------------------------------------
     def _payload(self, metrics: dict) -> dict:
         return {
             "config": OmegaConf.to_container(self.cfg, resolve=True),
-            "policy_config": self.policy.config.to_dict(),
+            self.recipe.config_key: self.model.config.to_dict(),
             "state_dicts": {
-                "model": self.policy.state_dict(),
+                "model": self.model.state_dict(),
                 "ema_model": self.ema.averaged_model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -133,7 +101,7 @@ class TrainingWorkspace:
     def _check_compatible(self, payload: dict, path: Path) -> None:
         saved = _with_later_settings(payload["config"])
         current = _with_later_settings(OmegaConf.to_container(self.cfg, resolve=True))
-        differing = [key for key in ARCHITECTURE_KEYS if saved.get(key) != current.get(key)]
+        differing = [key for key in ("recipe", self.recipe.model_section, "task") if saved.get(key) != current.get(key)]
         if differing:
             raise CheckpointError(f"{path} was written by a run with a different {' and '.join(differing)} config; "
                                   f"resume it with its own config or start a new output dir")
@@ -142,7 +110,7 @@ class TrainingWorkspace:
         payload = load_checkpoint(path, map_location=self.device)
         self._check_compatible(payload, path)
         states, position = payload["state_dicts"], payload["training_state"]
-        self.policy.load_state_dict(states["model"])
+        self.model.load_state_dict(states["model"])
         self.ema.averaged_model.load_state_dict(states["ema_model"])
         self.ema.optimization_step, self.ema.decay = position["ema_step"], position["ema_decay"]
         self.optimizer.load_state_dict(states["optimizer"])
@@ -178,10 +146,10 @@ class TrainingWorkspace:
         self.loader_generator = seed_everything(tc.seed)
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
-        dataset, val_dataset = self._build_data()
-        self.policy = self._build_policy(dataset.get_normalizer())
-        self.ema = EMAModel(self.policy, **cfg.ema)
-        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=tc.lr, betas=tuple(tc.betas),
+        dataset, val_dataset = self.recipe.build_data()
+        self.model = self.recipe.build_model(dataset).to(self.device)
+        self.ema = EMAModel(self.model, **cfg.ema)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                            eps=tc.eps, weight_decay=tc.weight_decay)
         loader = make_dataloader(dataset, tc.batch_size, shuffle=True, device=self.device,
                                  generator=self.loader_generator)
@@ -204,12 +172,12 @@ class TrainingWorkspace:
             bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress,
                        initial=self.batch_in_epoch, total=len(loader))
             for batch in bar:
-                loss = self.policy.compute_loss(batch)
+                loss = self.model.compute_loss(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
                 self.lr_scheduler.step()
-                self.ema.step(self.policy)
+                self.ema.step(self.model)
                 self.global_step += 1
                 self.batch_in_epoch += 1
                 epoch_losses.append(loss.item())
@@ -227,10 +195,14 @@ class TrainingWorkspace:
                        "global_step": self.global_step, "wall_minutes": self.wall_minutes(),
                        "cpu_minutes": self.cpu_minutes()}
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
-            if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
-                metrics["val_loss"] = self._validation_loss(val_dataset)
-            if tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last):
-                metrics.update(self._rollout(logger))
+            # Evaluation draws nothing from the training RNG (a stop-and-resume run evaluates where a
+            # straight run does not): it runs on a fork of the torch RNG state.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
+                    metrics["val_loss"] = self._validation_loss(val_dataset)
+                if tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last):
+                    metrics.update(self.recipe.evaluate(self.ema.averaged_model, self.epoch, self.global_step,
+                                                        self.output_dir, logger))
             if self.epoch % tc.checkpoint_every == 0 or is_last:
                 self._save(metrics)
             logger.log(metrics, self.global_step)
@@ -244,17 +216,6 @@ class TrainingWorkspace:
                   for batch in make_dataloader(val_dataset, self.cfg.training.batch_size, shuffle=False,
                                                device=self.device)]
         return float(np.mean(losses))
-
-    def _rollout(self, logger: RunLogger) -> dict:
-        policy = self.ema.averaged_model
-        video_dir = self.output_dir / "media" / f"epoch_{self.epoch:04d}"
-        predict = torch_predictor(policy, self.device, episode_seed=self.cfg.training.seed)
-        result = self._runner().run(predict, video_dir=video_dir,
-                                    progress=self.cfg.training.progress)
-        metrics = result.metrics()
-        metrics["test_mean_score"] = metrics["test/mean_score"]
-        logger.log_videos(result.videos, self.global_step)
-        return metrics
 
     def _save(self, metrics: dict) -> None:
         """Top-k bookkeeping first, so that ``latest.ckpt`` records the list it belongs to."""

@@ -1,0 +1,1 @@
+"""Generative models on the shared diffusion core: an image DDPM with exact bits/dim (MNIST)."""

@@ -1,0 +1,269 @@
+"""The image DDPM on the shared core: MNIST loading, the exact bound, L_hybrid's gradient routing, samplers,
+training through the one workspace (exact resume), the CLIs and the errors a user can hit."""
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dpstack.datasets import mnist
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint
+from dpstack.generative.checkpoint import load_image_model
+from dpstack.generative.classifier import frechet_distance
+from dpstack.generative.image_diffusion import ImageDiffusion, ImageDiffusionConfig
+from dpstack.generative.unet2d import UNet2DConfig
+from dpstack.training.config import ConfigError, validate_config
+from dpstack.training.workspace import TrainingWorkspace
+
+REPO = Path(__file__).resolve().parent.parent
+TINY_UNET = UNet2DConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), attention_heads=2,
+                         dropout=0.0, groups=4, num_classes=10)
+TINY_RUN = ["training.num_epochs=2", "task.max_train_items=48", "task.max_val_items=16", "training.batch_size=16",
+            "training.lr_warmup_steps=2", "training.num_threads=1", "training.progress=false", "training.device=cpu",
+            "model.num_train_timesteps=20", "model.unet.base_channels=8", "model.unet.channel_mults=[1,2]",
+            "model.unet.attention_resolutions=[14]", "model.unet.groups=4", "model.unet.attention_heads=2",
+            "eval.n_bpd=4", "eval.n_samples=20", "eval.steps=4", "training.rollout_every=2", "logging.mode=disabled"]
+
+
+def tiny_model(**changes) -> ImageDiffusion:
+    torch.manual_seed(0)
+    unet = UNet2DConfig(**{**TINY_UNET.to_dict(), **changes.pop("unet", {})})
+    return ImageDiffusion(ImageDiffusionConfig(num_train_timesteps=changes.pop("T", 50), unet=unet, **changes))
+
+
+def run_config(*extra):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose(config_name="mnist_ddpm", overrides=TINY_RUN + list(extra))
+    validate_config(cfg)
+    return cfg
+
+
+# --- data ---------------------------------------------------------------------------------------------
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, dtype=">i4").tobytes()
+    raw = header + array.astype(np.uint8).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(raw)
+    return path
+
+
+def test_read_idx_round_trips_and_refuses_truncated_files(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    assert np.array_equal(mnist.read_idx(write_idx(tmp_path / "a.gz", images)), images)
+    assert np.array_equal(mnist.read_idx(write_idx(tmp_path / "b", images, compress=False)), images)
+    (tmp_path / "c").write_bytes((tmp_path / "b").read_bytes()[:-10])
+    with pytest.raises(mnist.MNISTDataError, match="truncated"):
+        mnist.read_idx(tmp_path / "c")
+    (tmp_path / "d").write_bytes(b"\x12\x34\x56\x78")
+    with pytest.raises(mnist.MNISTDataError, match="not an IDX file"):
+        mnist.read_idx(tmp_path / "d")
+
+
+def test_fixed_split_of_the_test_digits(mnist_data):
+    train_images, train_labels = mnist.load_split("train")
+    held_images, held_labels = mnist.load_split("heldout")
+    assert train_images.shape == (9000, 28, 28) and held_images.shape == (1000, 28, 28)
+    assert train_images.dtype == np.uint8 and set(np.unique(held_labels)) == set(range(10))
+    seen = {image.tobytes() for image in train_images}
+    assert sum(image.tobytes() in seen for image in held_images) < 5  # disjoint (MNIST has a few duplicates)
+    again, _ = mnist.load_split("heldout")
+    assert np.array_equal(again, held_images)
+
+
+def test_full_official_files_are_used_when_present(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for split, n in (("train", 30), ("t10k", 12)):
+        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
+    assert mnist.load_split("train", tmp_path)[0].shape[0] == 30
+    assert mnist.load_split("heldout", tmp_path)[0].shape[0] == 12
+
+
+def test_missing_mnist_says_where_it_looked_and_how_to_fetch(tmp_path):
+    with pytest.raises(mnist.MNISTDataError) as error:
+        mnist.MNISTDataset("train", tmp_path)
+    assert str(tmp_path / "mnist") in str(error.value)
+    assert "python -m dpstack.datasets.download mnist" in str(error.value)
+
+
+def test_model_space_is_the_256_levels_of_the_8bit_images():
+    levels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16)
+    x = mnist.to_model_space(levels)
+    assert x.shape == (1, 1, 16, 16) and x.min() == -1 and x.max() == 1
+    assert torch.equal(mnist.to_uint8(x)[:, 0], levels)
+
+
+# --- the model and the bound --------------------------------------------------------------------------
+def test_untrained_bound_is_finite_and_made_of_its_terms(mnist_data):
+    model = tiny_model(unet={"num_classes": None}, T=50, beta_schedule="squaredcos_cap_v2")
+    digits = mnist.to_model_space(mnist.MNISTDataset("train", max_items=8).images)
+    bound = model.bits_per_dim(digits, generator=torch.Generator().manual_seed(0))
+    assert bound["terms"].shape == (8, 50) and torch.isfinite(bound["total"]).all()
+    assert bound["prior"].max() < 0.01  # L_T is negligible: q(x_T | x_0) is nearly N(0, I)
+    assert torch.allclose(bound["total"], bound["prior"] + bound["terms"].sum(1))
+    assert 2 < float(bound["total"].mean()) < 12  # an untrained ε̂ = 0 network: several bits per pixel
+
+
+def test_a_model_overfit_to_a_few_digits_gives_them_fewer_bits(mnist_data):
+    model = tiny_model(unet={"num_classes": None, "base_channels": 16, "groups": 8, "attention_resolutions": ()},
+                       T=100)
+    train = mnist.to_model_space(mnist.MNISTDataset("train", max_items=8).images)
+    held = mnist.to_model_space(mnist.MNISTDataset("heldout", max_items=8).images)
+    untrained = float(model.bits_per_dim(train, generator=torch.Generator().manual_seed(1))["total"].mean())
+    optimizer = torch.optim.Adam(model.parameters(), 2e-3)
+    for step in range(300):
+        loss = model.compute_loss({"image": train, "label": None}, torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    on_train = float(model.bits_per_dim(train, generator=torch.Generator().manual_seed(1))["total"].mean())
+    on_held = float(model.bits_per_dim(held, generator=torch.Generator().manual_seed(1))["total"].mean())
+    assert on_train < untrained - 1 and on_train < on_held - 0.5, (untrained, on_train, on_held)
+
+
+def test_hybrid_variance_head_learns_from_the_vlb_only():
+    model = tiny_model(objective="hybrid", unet={"learn_variance": True, "num_classes": None}, T=20)
+    batch = {"image": torch.rand(4, 1, 28, 28) * 2 - 1, "label": None}
+    output = {}
+    model.unet.register_forward_hook(lambda module, inputs, out: output.__setitem__("y", out))
+
+    def output_gradient(vlb_weight):
+        model.config.vlb_weight = vlb_weight
+        output.clear()
+        y = model.compute_loss(batch, torch.Generator().manual_seed(0))
+        return torch.autograd.grad(y, output["y"])[0]
+
+    without_vlb, with_vlb = output_gradient(0.0), output_gradient(1e-3)
+    assert torch.count_nonzero(without_vlb[:, 1:]) == 0  # L_simple never reaches the variance channel
+    assert torch.count_nonzero(with_vlb[:, 1:]) > 0
+    assert torch.equal(without_vlb[:, :1], with_vlb[:, :1])  # the mean is frozen inside L_vlb
+
+
+def test_config_refuses_inconsistent_objectives():
+    with pytest.raises(ValueError, match="learn_variance must be true exactly when"):
+        ImageDiffusionConfig(objective="hybrid")
+    with pytest.raises(ValueError, match="fixed_small"):
+        ImageDiffusionConfig(variance_type="learned_range")
+    with pytest.raises(ValueError, match="unknown beta schedule"):
+        ImageDiffusionConfig(beta_schedule="cosine")
+
+
+def test_wrong_image_size_is_refused():
+    with pytest.raises(ValueError, match=r"this model takes \(B, 1, 28, 28\)"):
+        tiny_model().compute_loss({"image": torch.zeros(2, 1, 32, 32), "label": torch.zeros(2, dtype=torch.long)})
+
+
+def test_ddim_eta0_is_deterministic_given_x_T_and_samplers_respect_labels():
+    model = tiny_model().eval()
+    x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    first = model.sample(3, "ddim", 5, 0.0, generator=torch.Generator().manual_seed(1), noise=x_T.clone())
+    second = model.sample(3, "ddim", 5, 0.0, generator=torch.Generator().manual_seed(2), noise=x_T.clone())
+    assert torch.equal(first, second)
+    stochastic = model.sample(3, "ddim", 5, 1.0, generator=torch.Generator().manual_seed(2), noise=x_T.clone())
+    assert not torch.equal(first, stochastic)
+    for sampler in ("ddpm", "ddim"):
+        images = model.sample(2, sampler, 4, labels=torch.tensor([3, 7]), guidance_scale=3.0)
+        assert images.shape == (2, 1, 28, 28) and images.abs().max() <= 1
+    with pytest.raises(ValueError, match="class labels must be in 0..9"):
+        model.sample(1, "ddim", 2, labels=torch.tensor([10]))
+    with pytest.raises(ValueError, match="unconditional"):
+        tiny_model(unet={"num_classes": None}).sample(1, "ddim", 2, labels=torch.tensor([1]))
+
+
+def test_guidance_scale_interpolates_conditional_and_unconditional_predictions():
+    model = tiny_model().eval()
+    for parameter in model.parameters():  # a non-trivial network (the zero-initialised head would give 0)
+        torch.nn.init.normal_(parameter, std=0.05)
+    x, t, labels = torch.randn(2, 1, 28, 28), torch.tensor(10), torch.tensor([1, 2])
+    conditional, unconditional = model.unet(x, t, labels), model.unet(x, t, None)
+    assert torch.allclose(model.denoiser(labels, 0.0)(x, t), unconditional, atol=1e-5)
+    assert torch.allclose(model.denoiser(labels, 1.0)(x, t), conditional, atol=1e-5)
+    assert torch.allclose(model.denoiser(labels, 3.0)(x, t), unconditional + 3 * (conditional - unconditional),
+                          atol=1e-4)
+
+
+def test_frechet_distance_of_shifted_gaussians():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    assert frechet_distance(a, a) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(a, a + [2.0, 0, 0]) == pytest.approx(4.0, rel=1e-6)
+    assert frechet_distance(a, a * 2) == pytest.approx(3.0, rel=0.05)  # tr(Σ + 4Σ − 2·2Σ) = tr Σ ≈ 3
+
+
+# --- training through the workspace, the CLIs ---------------------------------------------------------
+def test_train_resume_exactly_and_evaluate(tmp_path, mnist_data):
+    straight = TrainingWorkspace(run_config(), tmp_path / "straight").run()
+    assert np.isfinite(straight["test/bits_per_dim"]) and "test/conditional_class_accuracy" in straight
+    assert (tmp_path / "straight" / "media" / "samples_epoch_0002.png").exists()
+    TrainingWorkspace(run_config("training.max_train_steps=4"), tmp_path / "resumed").run()  # stops mid-epoch 1
+    TrainingWorkspace(run_config(), tmp_path / "resumed").run()
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "latest.ckpt")["state_dicts"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "latest.ckpt")["state_dicts"]
+    for key in ("model", "ema_model"):
+        assert all(torch.equal(a[key][name], b[key][name]) for name in a[key])
+    with pytest.raises(CheckpointError, match="different model config"):
+        TrainingWorkspace(run_config("training.num_epochs=3", "model.objective=hybrid",
+                                     "model.unet.learn_variance=true"), tmp_path / "straight").run()
+
+
+def run(module, *arguments, cwd):
+    return subprocess.run([sys.executable, "-m", module, *arguments], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory, mnist_data):
+    out = tmp_path_factory.mktemp("mnist_run")
+    TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=0"), out).run()
+    return out / "checkpoints" / "latest.ckpt"
+
+
+def test_sample_cli_writes_a_png_of_the_right_size(tmp_path, tiny_checkpoint):
+    import imageio.v3 as iio
+
+    result = run("dpstack.generative.sample", str(tiny_checkpoint), "--steps", "3", "--n", "20", "--label", "7",
+                 "--guidance", "2", "--out", str(tmp_path / "grid.png"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    image = iio.imread(tmp_path / "grid.png")
+    assert image.shape == ((2 * 30 - 2) * 2, (10 * 30 - 2) * 2) and image.dtype == np.uint8
+
+
+def test_cli_refuses_other_checkpoints_and_bad_labels(tmp_path, tiny_checkpoint):
+    result = run("dpstack.generative.sample", str(REPO / "pretrained" / "pusht_lowdim_small.ckpt"), cwd=tmp_path)
+    assert result.returncode == 2 and "recipe 'policy', not an image DDPM" in result.stderr
+    result = run("dpstack.generative.sample", str(tmp_path / "missing.ckpt"), cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = run("dpstack.generative.sample", str(tiny_checkpoint), "--label", "12", "--steps", "2", cwd=tmp_path)
+    assert result.returncode == 2 and "class labels must be in 0..9" in result.stderr
+    with pytest.raises(CheckpointError, match="not a policy"):
+        from dpstack.policy.checkpoint import load_policy
+
+        load_policy(tiny_checkpoint)
+
+
+def test_pictures_of_the_reverse_process_and_the_samplers(tmp_path, tiny_checkpoint):
+    import imageio.v3 as iio
+
+    from dpstack.generative.pictures import save_reverse_process, save_sampler_comparison, strip_timesteps
+
+    model = load_image_model(tiny_checkpoint)
+    strip, gif = save_reverse_process(model, tmp_path, n=2)
+    shown = strip_timesteps(model.config.num_train_timesteps)
+    assert shown == [19, 15, 11, 8, 6, 4, 2, 1, 0]
+    assert iio.imread(strip).shape == ((4 * 30 - 2) * 2, (len(shown) * 30 - 2) * 2)
+    assert iio.imread(gif, index=None).shape[0] >= 2
+    comparison = iio.imread(save_sampler_comparison(model, tmp_path / "cmp.png", n=2, steps=(2, 4)))
+    assert comparison.shape == ((6 * 30 - 2) * 2, (2 * 30 - 2) * 2)
+
+
+def test_bad_recipe_config_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="learn_variance"):
+        run_config("model.objective=hybrid")
+    with pytest.raises(ConfigError, match="unknown key model.unet.base_channel"):
+        run_config("+model.unet.base_channel=4")
