@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main(cfg: DictConfig) -> None:
         print(f"output dir: {output_dir}")
         metrics = TrainingWorkspace(cfg, output_dir).run()
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
+    if "interrupted_by" in metrics:  # saved and resumable; exit as the signal would have
+        raise SystemExit(128 + signal.Signals[metrics["interrupted_by"]].value)
 
 
 if __name__ == "__main__":

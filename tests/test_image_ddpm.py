@@ -267,3 +267,62 @@ def test_bad_recipe_config_is_refused_before_training(tmp_path):
         run_config("model.objective=hybrid")
     with pytest.raises(ConfigError, match="unknown key model.unet.base_channel"):
         run_config("+model.unet.base_channel=4")
+
+
+# --- training hygiene (any recipe; the image DDPM is the cheapest to run) -----------------------------
+def test_non_finite_loss_stops_with_a_clear_error_and_no_bad_checkpoint(tmp_path, mnist_data, monkeypatch):
+    from dpstack.training.workspace import TrainingDivergedError
+
+    compute_loss, calls = ImageDiffusion.compute_loss, []
+
+    def nan_from_the_fifth_step(self, batch, generator=None):  # epoch 0 (3 steps) is saved first
+        calls.append(1)
+        loss = compute_loss(self, batch, generator)
+        return loss * float("nan") if len(calls) >= 5 and self.training else loss
+
+    monkeypatch.setattr(ImageDiffusion, "compute_loss", nan_from_the_fifth_step)
+    workspace = TrainingWorkspace(run_config("training.rollout_every=0", "training.val_every=0"), tmp_path)
+    with pytest.raises(TrainingDivergedError, match=r"step 5 \(epoch 1\): the loss is nan; nothing was saved from "
+                                                    r"it and .*latest.ckpt \(written before this step\) is intact"):
+        workspace.run()
+    saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")
+    assert saved["training_state"]["global_step"] == 3
+    assert all(torch.isfinite(value).all() for value in saved["state_dicts"]["model"].values())
+    with pytest.raises(TrainingDivergedError, match="no checkpoint was written"):
+        TrainingWorkspace(run_config("training.lr=1e30", "training.rollout_every=0"), tmp_path / "fresh").run()
+    assert not (tmp_path / "fresh" / "checkpoints" / "latest.ckpt").exists()
+
+
+def test_gradient_clipping_bounds_the_update_and_norms_are_logged(tmp_path, mnist_data):
+    import json
+
+    TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=0", "training.log_every=1",
+                                 "training.grad_clip_norm=0.001"), tmp_path).run()
+    lines = [json.loads(line) for line in (tmp_path / "logs.json.txt").read_text().splitlines()]
+    norms = [line["grad_norm"] for line in lines if "grad_norm" in line]
+    assert len(norms) == 3 and all(norm > 0.001 for norm in norms)  # logged before clipping
+
+
+def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, mnist_data):
+    import signal
+    import time
+
+    overrides = [o for o in TINY_RUN if not o.startswith("training.num_epochs")]
+    command = [sys.executable, str(REPO / "train.py"), "--config-name=mnist_ddpm", *overrides,
+               "training.num_epochs=1000", "training.rollout_every=0", "training.log_every=1",
+               f"hydra.run.dir={tmp_path}"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "logs.json.txt"
+    deadline = time.monotonic() + 120
+    while (not log.exists() or log.read_text().count("\n") < 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "SIGTERM: stopped at step" in stdout
+    saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")["training_state"]
+    assert saved["global_step"] >= 2 and "host_rng" in saved
+    resumed = subprocess.run([*command[:-4], f"training.num_epochs={saved['epoch'] + 1}", "training.rollout_every=0",
+                              f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed {tmp_path / 'checkpoints' / 'latest.ckpt'} at epoch {saved['epoch']}" in resumed.stdout

@@ -11,8 +11,9 @@ from dpstack.datasets.download import DownloadError
 from dpstack.datasets.paths import DataNotFoundError
 from dpstack.policy.checkpoint import CheckpointError
 from dpstack.training.config import ConfigError
+from dpstack.training.workspace import TrainingDivergedError
 
-USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError, DownloadError)
+USER_ERRORS = (ConfigError, CheckpointError, DataNotFoundError, DownloadError, TrainingDivergedError)
 USER_ERROR_EXIT_STATUS = 2
 # What a run folder holds before any work was done: hydra's record of the config and its job log.
 STARTUP_ONLY = {".hydra", "train.log"}

@@ -57,6 +57,9 @@ class TrainingSection:
     num_threads: int | None
     log_every: int
     progress: bool
+    grad_clip_norm: float | None  # clip the global gradient norm (null: no clipping; the norm is logged)
+    bf16_autocast: bool           # bfloat16 autocast of the forward pass
+    num_workers: int              # DataLoader worker processes (0: gather in the training process)
 
 
 @dataclass

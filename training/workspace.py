@@ -12,7 +12,9 @@ import copy
 import json
 import math
 import random
+import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,48 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss or the gradients stopped being finite; nothing non-finite was written."""
+
+
+def python_and_numpy_rng_state() -> dict:
+    """Python's and NumPy's global RNG states as plain values and tensors (``weights_only``-loadable)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {"python": [version, list(internal), gauss],
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached]}
+
+
+def restore_python_and_numpy_rng(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+
+
+@contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Turn SIGINT/SIGTERM into a request (``received[0]`` names the signal) that the loop honours after the
+    current step; handlers are only installed in the main thread and are restored afterwards."""
+    received: list[int] = []
+    previous: dict = {}
+
+    def request_stop(number, frame):
+        received.append(number)
+        signal.signal(number, previous[number])  # a second Ctrl-C stops at once
+
+    try:
+        for number in signals:
+            previous[number] = signal.signal(number, request_stop)
+    except ValueError:  # not the main thread: signals stay as they are
+        pass
+    try:
+        yield received
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
 def seed_everything(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
@@ -93,6 +137,7 @@ class TrainingWorkspace:
                 "cpu_minutes": self.cpu_minutes(), "wall_minutes": self.wall_minutes(),
                 "batches_per_epoch": self.batches_per_epoch,
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "host_rng": python_and_numpy_rng_state(),
                 "topk": self.topk.state(),
             },
             "metrics": metrics,
@@ -120,6 +165,8 @@ class TrainingWorkspace:
         if self.device.type == "cuda" and position.get("cuda_rng"):
             torch.cuda.set_rng_state_all(position["cuda_rng"])
         self.loader_generator.set_state(position["loader_rng"])
+        if "host_rng" in position:  # checkpoints written before 2026-12-03 lack it
+            restore_python_and_numpy_rng(position["host_rng"])
         self.batch_in_epoch = position.get("batch_in_epoch", 0)
         if self.batch_in_epoch:
             if position["batches_per_epoch"] != self.batches_per_epoch:
@@ -152,7 +199,7 @@ class TrainingWorkspace:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                            eps=tc.eps, weight_decay=tc.weight_decay)
         loader = make_dataloader(dataset, tc.batch_size, shuffle=True, device=self.device,
-                                 generator=self.loader_generator)
+                                 generator=self.loader_generator, num_workers=tc.get("num_workers", 0))
         total_steps = len(loader) * tc.num_epochs  # the LR schedule's length; max_train_steps only stops early
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
@@ -164,6 +211,42 @@ class TrainingWorkspace:
         if tc.resume and latest.exists():
             self._resume(latest)
         logger = RunLogger(self.output_dir, cfg)
+        try:
+            with stop_on_signals() as received:
+                return self._loop(loader, val_dataset, logger, received)
+        finally:
+            logger.close()
+
+    def _train_step(self, batch) -> tuple[float, float]:
+        """One optimiser step; (loss, gradient norm before clipping). Refuses non-finite values before they
+        reach the weights, so every checkpoint stays finite."""
+        tc = self.cfg.training
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(tc.get("bf16_autocast", False))):
+            loss = self.model.compute_loss(batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise self._diverged(f"the loss is {loss_value}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = tc.get("grad_clip_norm") or math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(grad_norm):
+            raise self._diverged(f"the gradient norm is {grad_norm}")
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.ema.step(self.model)
+        return loss_value, grad_norm
+
+    def _diverged(self, what: str) -> TrainingDivergedError:
+        latest = self.checkpoint_dir / "latest.ckpt"
+        kept = f"{latest} (written before this step) is intact" if latest.exists() else "no checkpoint was written"
+        return TrainingDivergedError(
+            f"training diverged at step {self.global_step + 1} (epoch {self.epoch}): {what}; nothing was saved from "
+            f"it and {kept}. Lower training.lr, set training.grad_clip_norm (e.g. 1.0), or turn off "
+            f"training.bf16_autocast")
+
+    def _loop(self, loader, val_dataset, logger: RunLogger, received: list[int]) -> dict:
+        cfg, tc = self.cfg, self.cfg.training
         metrics: dict = {}
         while self.epoch < tc.num_epochs and (not tc.max_train_steps or self.global_step < tc.max_train_steps):
             epoch_losses = []
@@ -172,28 +255,30 @@ class TrainingWorkspace:
             bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress,
                        initial=self.batch_in_epoch, total=len(loader))
             for batch in bar:
-                loss = self.model.compute_loss(batch)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.lr_scheduler.step()
-                self.ema.step(self.model)
+                loss, grad_norm = self._train_step(batch)
                 self.global_step += 1
                 self.batch_in_epoch += 1
-                epoch_losses.append(loss.item())
-                bar.set_postfix(loss=f"{epoch_losses[-1]:.4f}")
-                logger.log({"train_loss": epoch_losses[-1], "lr": self.lr_scheduler.get_last_lr()[0],
+                epoch_losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                logger.log({"train_loss": loss, "grad_norm": grad_norm, "lr": self.lr_scheduler.get_last_lr()[0],
                             "global_step": self.global_step, "epoch": self.epoch}, self.global_step,
                            every=tc.log_every)
                 # Stop early, except after an epoch's last batch: the loop then ends by itself and leaves
                 # the sampler's generator where a straight run has it.
-                if tc.max_train_steps and self.global_step >= tc.max_train_steps and self.batch_in_epoch < len(loader):
+                stop = received or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
+                if stop and self.batch_in_epoch < len(loader):
                     break
             if self.batch_in_epoch >= len(loader):
                 self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
                        "global_step": self.global_step, "wall_minutes": self.wall_minutes(),
                        "cpu_minutes": self.cpu_minutes()}
+            if received:  # SIGINT/SIGTERM: save where we are and leave; the same command resumes
+                self._save(metrics)
+                name = signal.Signals(received[0]).name
+                print(f"{name}: stopped at step {self.global_step}; saved {self.checkpoint_dir / 'latest.ckpt'}. "
+                      f"Run the same command again to resume.")
+                return {**metrics, "interrupted_by": name}
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             # Evaluation draws nothing from the training RNG (a stop-and-resume run evaluates where a
             # straight run does not): it runs on a fork of the torch RNG state.
@@ -206,7 +291,6 @@ class TrainingWorkspace:
             if self.epoch % tc.checkpoint_every == 0 or is_last:
                 self._save(metrics)
             logger.log(metrics, self.global_step)
-        logger.close()
         return metrics
 
     @torch.no_grad()
