@@ -4,15 +4,18 @@
 
 Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
 the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
-(``load_policy(..., optimize=True)``), and traced with the full DDPM-100 chain. Each row is the
-median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
+(``load_policy(..., optimize=True)``), its exports (``python -m dpstack.policy.export``: ONNX through
+onnxruntime, when installed, and TorchScript, written to a temporary folder), and traced with the full
+DDPM-100 chain. Each row is the median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 from dpstack.datasets.normalizer import LinearNormalizer
 from dpstack.policy.checkpoint import load_policy
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.policy.export import ExportedPolicy, export
 
 
 def random_policy(**overrides) -> DiffusionUnetPolicy:
@@ -59,16 +63,22 @@ def main() -> None:
         name = f"{label}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
         rows.append((name, shipped, args.calls))
         rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
+        folder = Path(tempfile.mkdtemp())
+        formats = ["onnx"] if importlib.util.find_spec("onnxruntime") else []
+        for fmt in formats + ["torchscript"]:
+            path = export(shipped, folder / ("policy.onnx" if fmt == "onnx" else "policy.pt"), fmt)
+            rows.append((f"{name}, exported {fmt}", ExportedPolicy(path, threads=args.threads), args.calls))
         full_chain = load_policy(args.checkpoint, optimize=True)
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
         rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls))
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
           f"torch {torch.__version__}, threads={args.threads}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")
-    print(f"{'policy':<48} {'params':>8} {'median ms':>10}")
+    print(f"{"policy":<58} {'params':>8} {'median ms':>10}")
     n_params = 0.0
-    for name, policy, calls in rows:  # a traced model lists no parameters: the eager row before it counts
-        n_params = sum(p.numel() for p in policy.model.parameters()) / 1e6 or n_params
-        print(f"{name:<48} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
+    for name, policy, calls in rows:  # traced and exported models list no parameters: the eager row counts
+        network = getattr(policy, "model", None)
+        n_params = (sum(p.numel() for p in network.parameters()) / 1e6 if network is not None else 0) or n_params
+        print(f"{name:<58} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
     print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f} (above ~0.5 per core, other work shared the machine)")
 
 

@@ -63,7 +63,16 @@ def build_policy(policy_config: dict) -> DiffusionUnetPolicy:
 def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device = "cpu",
                 use_ema: bool = True, optimize: bool = False) -> DiffusionUnetPolicy:
     """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``;
-    ``optimize=True`` also traces the U-Net (``DiffusionUnetPolicy.optimize_for_inference``)."""
+    ``optimize=True`` also traces the U-Net (``DiffusionUnetPolicy.optimize_for_inference``).
+
+    An exported file (``.onnx``, or a TorchScript ``.pt`` from ``python -m dpstack.policy.export``) loads as
+    an ``ExportedPolicy`` with the same interface; it runs on the CPU."""
+    if Path(checkpoint_path).suffix in (".onnx", ".pt"):
+        from dpstack.policy.export import ExportedPolicy
+
+        if torch.device(device).type != "cpu":
+            raise CheckpointError(f"{checkpoint_path} is an exported policy, which runs on the CPU; pass device='cpu'")
+        return ExportedPolicy(checkpoint_path)
     payload = load_checkpoint(checkpoint_path, map_location=device)
     if "policy_config" not in payload:
         kind = payload.get("config", {}).get("recipe", "unknown")
