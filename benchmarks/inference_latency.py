@@ -73,7 +73,7 @@ def main() -> None:
         rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls))
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
           f"torch {torch.__version__}, threads={args.threads}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")
-    print(f"{"policy":<58} {'params':>8} {'median ms':>10}")
+    print(f"{'policy':<58} {'params':>8} {'median ms':>10}")
     n_params = 0.0
     for name, policy, calls in rows:  # traced and exported models list no parameters: the eager row counts
         network = getattr(policy, "model", None)
