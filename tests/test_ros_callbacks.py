@@ -74,6 +74,37 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         rclpy.shutdown()
 
 
+def test_non_finite_or_malformed_observations_count_as_missing(checkpoint):
+    """A NaN/inf pose or keypoint array, or a message a decoder chokes on, is logged and dropped, never
+    stored: the stale-observation watchdog then holds the arm."""
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64MultiArray
+
+    from dpstack.policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.observations import agent_from_pose, keypoints_from_array
+    from real_robot.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}"])
+    try:
+        node = PolicyNode("nan_probe", policy=load_policy(checkpoint))
+        store_agent = node._store("agent", lambda m: agent_from_pose(m, node.calibration))
+        store_keypoints = node._store("keypoints", keypoints_from_array)
+        pose = PoseStamped()
+        pose.pose.position.x = float("nan")
+        store_agent(pose)
+        store_keypoints(Float64MultiArray(data=[float("inf")] * 18))
+        store_keypoints(object())  # not a message at all: the decoder raises AttributeError
+        assert node.observations.newest() == {}
+        pose.pose.position.x = 0.1
+        store_agent(pose)
+        assert set(node.observations.newest()) == {"agent"}
+        node.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
 def test_sim_publishes_the_state_before_executing_the_command():
     """A tick publishes the state at its time, then executes the command due then for one period:
     an observation stamped t is the state at t, and the action due at t acts on it."""

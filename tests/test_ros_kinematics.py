@@ -201,6 +201,17 @@ def test_clamps():
     assert not joint_speed_ok(np.zeros(6), np.full(6, 0.2), 0.1, 1.5)
 
 
+def test_clamps_never_pass_a_non_finite_point():
+    low, high = np.array([10.0, 10.0]), np.array([500.0, 500.0])
+    with pytest.raises(ValueError, match="not finite"):  # no step from an unknown point can be bounded
+        clamp_actions(np.array([[500.0, 500.0]]), start=np.array([np.nan, 10.0]), low=low, high=high, max_step=50.0)
+    actions = np.array([[40.0, 10.0], [np.nan, 20.0], [np.inf, 0.0], [60.0, 10.0]])
+    out, n = clamp_actions(actions, start=np.array([10.0, 10.0]), low=low, high=high, max_step=50.0)
+    assert np.isfinite(out).all() and n == 2
+    np.testing.assert_array_equal(out[1], out[0])  # a NaN action holds the point before it
+    np.testing.assert_array_equal(out[2], out[0])
+
+
 def test_parameter_coercion_accepts_integer_for_double():
     assert coerce("rate", 10, "float") == 10.0 and isinstance(coerce("rate", 10, "float"), float)
     assert coerce("v", [1, 2.5], "float_list") == [1.0, 2.5]

@@ -100,12 +100,22 @@ class ActionSchedule:
 def clamp_actions(actions: np.ndarray, start: Optional[np.ndarray], low: np.ndarray, high: np.ndarray,
                   max_step: float) -> Tuple[np.ndarray, int]:
     """Clip to the workspace box, then limit each step (from ``start``, then from the previous
-    action) to ``max_step`` in Euclidean norm. Returns the clamped actions and how many changed."""
+    action) to ``max_step`` in Euclidean norm. Returns the clamped actions and how many changed.
+
+    A non-finite action is replaced by the point before it (a hold; counted as changed); a non-finite
+    ``start`` raises ValueError, since no step from an unknown point can be bounded."""
     actions = np.asarray(actions, dtype=np.float64)
+    non_finite = ~np.isfinite(actions).all(axis=-1)  # before clipping, which would turn ±inf into an edge
     out = np.clip(actions, low, high)
     changed = np.any(out != actions, axis=-1)
+    if start is not None and not np.isfinite(start).all():
+        raise ValueError(f"start point {start} is not finite: the first step cannot be bounded")
     previous = None if start is None else np.clip(np.asarray(start, dtype=np.float64), low, high)
     for i in range(len(out)):
+        if non_finite[i]:
+            if previous is None:
+                raise ValueError("the first action is not finite and there is no start point to hold")
+            out[i], changed[i] = previous, True
         if previous is not None and math.isfinite(max_step):
             step = out[i] - previous
             norm = float(np.linalg.norm(step))

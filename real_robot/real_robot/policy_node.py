@@ -150,7 +150,9 @@ class PolicyNode(SafetySwitches):
         def callback(msg):
             try:
                 value = decode(msg)
-            except ValueError as error:
+                if not np.isfinite(value).all():  # NaN/inf counts as missing: the stale watchdog then holds
+                    raise ValueError("it holds non-finite values (NaN or inf)")
+            except Exception as error:  # noqa: BLE001 - a malformed message must never stop the controller
                 self.node.get_logger().warning(f"ignoring {key} message: {error}", throttle_duration_sec=2.0)
                 return
             header = getattr(msg, "header", None)
