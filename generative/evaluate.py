@@ -121,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance w for labelled samples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default="data/eval_mnist", help="folder for eval.json and pictures")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         model = load_image_model(args.checkpoint, args.device)
     except CheckpointError as error:

@@ -5,12 +5,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dpstack.generative.image_diffusion import ImageDiffusionConfig
+from dpstack.generative.language_models import LanguageModelConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
 from dpstack.training.recipes import recipe_name
 from dpstack.training.schema import RECIPE_SECTIONS, unknown_config_keys
 
 
-MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig), "image_diffusion": ("model", ImageDiffusionConfig)}
+MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig), "image_diffusion": ("model", ImageDiffusionConfig),
+                 "language_model": ("model", LanguageModelConfig)}
 
 
 class ConfigError(ValueError):

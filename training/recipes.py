@@ -5,6 +5,8 @@ model of the project; a recipe, chosen by the config's top-level ``recipe`` key,
 
 - ``policy`` (the default): Diffusion Policy on Push-T; evaluation = simulator rollouts.
 - ``image_diffusion``: the MNIST image DDPM; evaluation = sample grid, bits/dim, classifier-FID.
+- ``language_model``: the character LMs on Tiny Shakespeare (masked diffusion or autoregressive);
+  evaluation = held-out bits/char and a sample.
 
 A model only needs ``compute_loss(batch, generator=None)`` and a ``config`` with ``to_dict()``.
 """
@@ -113,7 +115,44 @@ class ImageDiffusionRecipe:
         return {f"test/{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
-RECIPES = {"policy": PolicyRecipe, "image_diffusion": ImageDiffusionRecipe}
+class LanguageModelRecipe:
+    """The masked-diffusion and autoregressive character LMs (``generative/language_models.py``)."""
+
+    model_section = "model"
+    config_key = "model_config"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+
+    def build_data(self):
+        from dpstack.datasets.text import TextDataset
+
+        task, block = self.cfg.task, self.cfg.model.transformer.block_size
+        train = TextDataset("train", block, task.stride, self.cfg.data_root, task.max_train_items)
+        return train, TextDataset("heldout", block, None, self.cfg.data_root, task.max_val_items, train.tokenizer)
+
+    def build_model(self, dataset):
+        from dpstack.generative.language_models import LanguageModelConfig, build_language_model
+
+        values = OmegaConf.to_container(self.cfg.model, resolve=True)
+        values["characters"] = dataset.tokenizer.characters  # the vocabulary travels with the checkpoint
+        values["transformer"]["vocab_size"] = dataset.tokenizer.vocab_size
+        return build_language_model(LanguageModelConfig.from_dict(values))
+
+    def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
+        """Held-out bits/char on ``eval.n_windows`` windows and a sample written to ``media/``."""
+        from dpstack.generative.text import evaluate_bits_per_char, generate_text
+
+        settings = self.cfg.eval
+        metrics = evaluate_bits_per_char(model, settings.n_windows, settings.n_t, self.cfg.data_root)
+        text = generate_text(model, settings.sample_prompt, settings.sample_length, settings.sample_steps, seed=0)
+        sample = output_dir / "media" / f"sample_epoch_{epoch:04d}.txt"
+        sample.parent.mkdir(parents=True, exist_ok=True)
+        sample.write_text(settings.sample_prompt + text + "\n")
+        return {f"test/{key}": value for key, value in metrics.items()}
+
+
+RECIPES = {"policy": PolicyRecipe, "image_diffusion": ImageDiffusionRecipe, "language_model": LanguageModelRecipe}
 
 
 def recipe_name(cfg) -> str:

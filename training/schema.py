@@ -15,6 +15,8 @@ from dataclasses import dataclass, fields
 from dpstack.diffusion.ema import EMAModel
 from dpstack.evaluation.runner import RunnerConfig
 from dpstack.generative.image_diffusion import ImageDiffusionConfig
+from dpstack.generative.language_models import LanguageModelConfig
+from dpstack.generative.transformer import TransformerConfig
 from dpstack.generative.unet2d import UNet2DConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
 from dpstack.training.recipes import recipe_name
@@ -80,6 +82,23 @@ class ImageEvalSection:  # the in-training evaluation; python -m dpstack.generat
 
 
 @dataclass
+class TextTaskSection:
+    name: str
+    stride: int | None           # characters between window starts (null: block_size, non-overlapping)
+    max_train_items: int | None
+    max_val_items: int | None
+
+
+@dataclass
+class TextEvalSection:
+    n_windows: int               # held-out windows for bits/char
+    n_t: int                     # t samples per window for the masked model's bound
+    sample_prompt: str
+    sample_length: int
+    sample_steps: int            # masked model's unmasking steps (the AR model takes one per character)
+
+
+@dataclass
 class CheckpointSection:
     topk: int
     monitor: str
@@ -108,8 +127,11 @@ RECIPE_SECTIONS = {
                **COMMON_SECTIONS},
     "image_diffusion": {"task": ImageTaskSection, "model": ImageDiffusionConfig, "eval": ImageEvalSection,
                         **COMMON_SECTIONS},
+    "language_model": {"task": TextTaskSection, "model": LanguageModelConfig, "eval": TextEvalSection,
+                       **COMMON_SECTIONS},
 }
-RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection}, "image_diffusion": {("model", "unet"): UNet2DConfig}}
+RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection}, "image_diffusion": {("model", "unet"): UNet2DConfig},
+                 "language_model": {("model", "transformer"): TransformerConfig}}
 
 
 def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
