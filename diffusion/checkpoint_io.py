@@ -65,3 +65,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if "policy_config" not in payload and "model_config" not in payload:
         raise CheckpointError(f"checkpoint {path} lacks its model config; it was not written by train.py")
     return payload
+
+
+def load_model(path: str | os.PathLike, recipe: str, build, device: str | torch.device = "cpu",
+               use_ema: bool = True, train_hint: str = ""):
+    """``build(model_config)`` with the checkpoint's EMA (or raw) weights, in eval mode on ``device``; a
+    checkpoint of another recipe is refused, naming what it holds."""
+    payload = load_checkpoint(path, map_location=device)
+    found = payload["config"].get("recipe", "policy")
+    if found != recipe or "model_config" not in payload:
+        raise CheckpointError(f"checkpoint {path} holds a model of recipe {found!r}, not {recipe!r} {train_hint}".rstrip())
+    model = build(payload["model_config"])
+    states = payload["state_dicts"]
+    weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint {path} does not match its own model config: {error}") from error
+    return model.to(device).eval()

@@ -6,26 +6,16 @@ from pathlib import Path
 
 import torch
 
-from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_model, save_checkpoint
 from dpstack.generative.image_diffusion import ImageDiffusion, ImageDiffusionConfig
 
 RECIPE = "image_diffusion"
 
 
 def load_image_model(path: str | os.PathLike, device: str | torch.device = "cpu", use_ema: bool = True) -> ImageDiffusion:
-    payload = load_checkpoint(path, map_location=device)
-    recipe = payload["config"].get("recipe", "policy")
-    if recipe != RECIPE or "model_config" not in payload:
-        raise CheckpointError(f"checkpoint {path} holds a model of recipe {recipe!r}, not an image DDPM "
-                              f"(train one with python train.py --config-name=mnist_ddpm)")
-    model = ImageDiffusion(ImageDiffusionConfig.from_dict(payload["model_config"]))
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {path} does not match its own model config: {error}") from error
-    return model.to(device).eval()
+    """The image DDPM of a checkpoint (EMA weights, eval mode); other kinds of checkpoint are refused."""
+    return load_model(path, RECIPE, lambda values: ImageDiffusion(ImageDiffusionConfig.from_dict(values)), device,
+                      use_ema, "(train one with python train.py --config-name=mnist_ddpm)")
 
 
 def export_image_model(source: str | os.PathLike, destination: str | os.PathLike) -> Path:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dpstack.datasets.text import CharTokenizer, TextDataset
-from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_model
 from dpstack.generative.language_models import LanguageModelConfig, build_language_model
 
 PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
@@ -30,15 +30,8 @@ RECIPE = "language_model"
 
 def load_language_model(path: str | os.PathLike, device: str = "cpu"):
     """The EMA model of a language-model checkpoint, in eval mode; other kinds of checkpoint are refused."""
-    payload = load_checkpoint(path, map_location=device)
-    recipe = payload["config"].get("recipe", "policy")
-    if recipe != RECIPE or "model_config" not in payload:
-        raise CheckpointError(f"checkpoint {path} holds a model of recipe {recipe!r}, not a language model "
-                              f"(train one with python train.py --config-name=shakespeare_mdlm)")
-    model = build_language_model(LanguageModelConfig.from_dict(payload["model_config"]))
-    states = payload["state_dicts"]
-    model.load_state_dict(states.get("ema_model") if states.get("ema_model") is not None else states["model"])
-    return model.to(device).eval()
+    return load_model(path, RECIPE, lambda values: build_language_model(LanguageModelConfig.from_dict(values)),
+                      device, train_hint="(train one with python train.py --config-name=shakespeare_mdlm)")
 
 
 def tokenizer_of(model) -> CharTokenizer:

@@ -236,7 +236,7 @@ def test_sample_cli_writes_a_png_of_the_right_size(tmp_path, tiny_checkpoint):
 
 def test_cli_refuses_other_checkpoints_and_bad_labels(tmp_path, tiny_checkpoint):
     result = run("dpstack.generative.sample", str(REPO / "pretrained" / "pusht_lowdim_small.ckpt"), cwd=tmp_path)
-    assert result.returncode == 2 and "recipe 'policy', not an image DDPM" in result.stderr
+    assert result.returncode == 2 and "recipe 'policy', not 'image_diffusion'" in result.stderr
     result = run("dpstack.generative.sample", str(tmp_path / "missing.ckpt"), cwd=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = run("dpstack.generative.sample", str(tiny_checkpoint), "--label", "12", "--steps", "2", cwd=tmp_path)

@@ -160,3 +160,11 @@ def test_heldout_split_is_the_last_tenth(shakespeare):
     assert len(train.tokens) + len(heldout.tokens) == 1_115_394
     assert len(heldout.tokens) == 1_115_394 - int(1_115_394 * 0.9)
     assert train.tokenizer.vocab_size == 66 and train.gather([0, 1])["tokens"].shape == (2, 128)
+
+
+def test_other_checkpoints_are_refused(tmp_path):
+    from dpstack.diffusion.checkpoint_io import CheckpointError
+    from dpstack.generative.text import load_language_model
+
+    with pytest.raises(CheckpointError, match="recipe 'policy', not 'language_model'"):
+        load_language_model(REPO / "pretrained" / "pusht_lowdim_small.ckpt")
