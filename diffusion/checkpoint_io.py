@@ -75,11 +75,15 @@ def load_model(path: str | os.PathLike, recipe: str, build, device: str | torch.
     found = payload["config"].get("recipe", "policy")
     if found != recipe or "model_config" not in payload:
         raise CheckpointError(f"checkpoint {path} holds a model of recipe {found!r}, not {recipe!r} {train_hint}".rstrip())
-    model = build(payload["model_config"])
+    return load_weights(build(payload["model_config"]), payload, path, use_ema).to(device).eval()
+
+
+def load_weights(model: torch.nn.Module, payload: dict, path, use_ema: bool = True) -> torch.nn.Module:
+    """``model`` with the payload's EMA weights (when present and ``use_ema``), else its raw weights."""
     states = payload["state_dicts"]
     weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:
         raise CheckpointError(f"checkpoint {path} does not match its own model config: {error}") from error
-    return model.to(device).eval()
+    return model

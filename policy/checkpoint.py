@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint  # noqa: F401
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_weights, save_checkpoint  # noqa: F401
 from dpstack.policy.diffusion_policy import (
     INFERENCE_SETTINGS,
     DiffusionPolicyConfig,
@@ -79,13 +79,7 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
         raise CheckpointError(f"checkpoint {checkpoint_path} holds a model of recipe {kind!r}, not a policy "
                               f"(sample from it with python -m dpstack.generative.sample)")
     policy = build_policy(payload["policy_config"])
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
-    try:
-        policy.load_state_dict(weights)
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint {checkpoint_path} does not match its own policy config: {error}") from error
-    policy = policy.to(device).eval()
+    policy = load_weights(policy, payload, checkpoint_path, use_ema).to(device).eval()
     return policy.optimize_for_inference() if optimize else policy
 
 
