@@ -1,8 +1,9 @@
 """MNIST from its IDX files, through the project's data setting (``<data root>/mnist``).
 
-Splits: with the official training files present (``train-images-idx3-ubyte[.gz]``, 60k digits) ``train``
-is those and ``heldout`` the 10k test digits; with only the test files (what ``../shared/data`` holds) the
-10k test digits are split once by a fixed permutation into 9,000 ``train`` and 1,000 ``heldout`` digits.
+Split schemes, chosen explicitly (a run's config records it, so evaluation never silently changes data):
+``test_split`` (the default; what ``../shared/data`` allows) splits the 10k test digits once by a fixed
+permutation into 9,000 ``train`` and 1,000 ``heldout`` digits; ``official`` takes the 60k training files
+(``train-images-idx3-ubyte[.gz]``) as ``train`` and the 10k test digits as ``heldout``.
 Images are stored as uint8; ``finalize_batch`` maps them to x ∈ {−1, −1 + 2/255, …, 1} (256 levels), the
 data space of the discretised decoder, so that bits/dim are those of the 8-bit images.
 """
@@ -26,6 +27,7 @@ IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dty
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 HELDOUT_OF_TEST = 1000
 SPLIT_SEED = 0
+SPLIT_SCHEMES = ("test_split", "official")
 
 
 class MNISTDataError(FileNotFoundError):
@@ -35,7 +37,8 @@ class MNISTDataError(FileNotFoundError):
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Array of an IDX file (gzipped or not): magic 0x0000 | dtype code | ndim, then ndim big-endian int32 sizes."""
     path = Path(path)
-    raw = (gzip.open if path.suffix == ".gz" else open)(path, "rb").read()
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as handle:
+        raw = handle.read()
     if len(raw) < 4 or raw[0] or raw[1] or raw[2] not in IDX_DTYPES:
         raise MNISTDataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -66,10 +69,13 @@ def mnist_folder(root: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def load_split(split: str, root: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_split(split: str, root: str | os.PathLike | None = None,
+               scheme: str = "test_split") -> tuple[np.ndarray, np.ndarray]:
     """``(images (N, 28, 28) uint8, labels (N,) int64)`` of ``train`` or ``heldout`` (see the module docstring)."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    if scheme not in SPLIT_SCHEMES:
+        raise ValueError(f"split scheme must be one of {SPLIT_SCHEMES}, got {scheme!r}")
     folder = mnist_folder(root)
 
     def read(kind_split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -79,8 +85,10 @@ def load_split(split: str, root: str | os.PathLike | None = None) -> tuple[np.nd
             raise MNISTDataError(f"{folder}: {images.shape} images do not match {labels.shape} labels")
         return images, labels
 
-    full_train = _find(folder, FILES[("train", "images")]) and _find(folder, FILES[("train", "labels")])
-    if full_train:
+    if scheme == "official":
+        if not (_find(folder, FILES[("train", "images")]) and _find(folder, FILES[("train", "labels")])):
+            raise MNISTDataError(f"split scheme 'official' needs the 60k training files in {folder}: fetch them with "
+                                 f"python -m dpstack.datasets.download mnist (or use task.split_scheme=test_split)")
         return read("train" if split == "train" else "test")
     images, labels = read("test")
     order = np.random.default_rng(SPLIT_SEED).permutation(len(images))
@@ -104,8 +112,9 @@ class MNISTDataset:
     ``max_items`` keeps the first n digits (tests, tiny overfitting runs).
     """
 
-    def __init__(self, split: str = "train", root: str | os.PathLike | None = None, max_items: int | None = None):
-        images, labels = load_split(split, root)
+    def __init__(self, split: str = "train", root: str | os.PathLike | None = None, max_items: int | None = None,
+                 scheme: str = "test_split"):
+        images, labels = load_split(split, root, scheme)
         if max_items is not None:
             images, labels = images[:max_items], labels[:max_items]
         self.images, self.labels = torch.from_numpy(images.copy()), torch.from_numpy(labels)

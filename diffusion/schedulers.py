@@ -226,7 +226,7 @@ class DDPMScheduler(_Scheduler):
         return torch.exp(0.5 * (frac * math.log(c.beta) + (1 - frac) * c.log_posterior_variance))
 
     def step(self, model_output, timestep, sample, generator=None, return_dict=True) -> SchedulerOutput:
-        """x_{t'} = μ̃_t(x_t, x̂_0) + σ_t z with z ~ N(0, I) drawn only when t > 0.
+        """x_{t'} = μ̃_t(x_t, x̂_0) + σ_t z with z ~ N(0, I) drawn except at the chain's last step.
 
         With a learned variance the output carries (prediction, variance) along dim 1. ``return_dict`` is
         accepted for diffusers compatibility; the result is a NamedTuple, which is also a tuple.
@@ -237,7 +237,9 @@ class DDPMScheduler(_Scheduler):
             model_output, predicted_variance = model_output.split(sample.shape[1], dim=1)
         pred_x0 = self._clip(self._predict_x0(model_output, sample, c))
         prev_sample = sample.mul(c.posterior_coef_xt).add_(pred_x0, alpha=c.posterior_coef_x0)
-        if int(timestep) > 0:
+        # The chain's last step returns the mean: also when a respaced chain ends above t = 0 ("trailing"
+        # spacing ends at T/n − 1; diffusers adds noise there, diffusers#9261).
+        if self.previous_timestep(timestep) >= 0:
             std = self._std(c, predicted_variance)
             noise = self._noise(sample, generator)
             prev_sample = prev_sample.add_(noise, alpha=std) if isinstance(std, float) else prev_sample + std * noise

@@ -21,7 +21,8 @@ def load_image_model(path: str | os.PathLike, device: str | torch.device = "cpu"
 def export_image_model(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
     """The small copy ``pretrained/`` ships: the run config, the model config, the EMA weights and metrics."""
     payload = load_checkpoint(source)
-    load_image_model(source)  # refuses anything that is not an image DDPM
+    if payload["config"].get("recipe") != RECIPE or "model_config" not in payload:
+        raise CheckpointError(f"{source} holds no image DDPM (recipe {payload['config'].get('recipe', 'policy')!r})")
     states = payload["state_dicts"]
     weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
     slim = {"config": payload["config"], "model_config": payload["model_config"], "state_dicts": {"model": weights},

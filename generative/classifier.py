@@ -73,10 +73,11 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))
 
 
-def train_classifier(epochs: int = 8, seed: int = 0, root=None, progress: bool = True) -> tuple[MNISTClassifier, float]:
+def train_classifier(epochs: int = 8, seed: int = 0, root=None, progress: bool = True,
+                     scheme: str = "test_split") -> tuple[MNISTClassifier, float]:
     """Adam 1e-3, batch 128, random ±2-pixel shifts; returns the classifier and its held-out accuracy."""
     torch.manual_seed(seed)
-    train, heldout = MNISTDataset("train", root), MNISTDataset("heldout", root)
+    train, heldout = MNISTDataset("train", root, scheme=scheme), MNISTDataset("heldout", root, scheme=scheme)
     classifier = MNISTClassifier()
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument("--split-scheme", default="test_split", choices=["test_split", "official"])
     args = parser.parse_args(argv)
-    classifier, accuracy = train_classifier(args.epochs, args.seed, args.data_root)
+    classifier, accuracy = train_classifier(args.epochs, args.seed, args.data_root, scheme=args.split_scheme)
     save_classifier(classifier, accuracy, args.out)
     print(f"held-out accuracy {accuracy:.4f} (1,000 digits); written to {args.out}")
     return 0

@@ -3,6 +3,8 @@
     python -m dpstack.generative.evaluate CKPT [--n-bpd 1000] [--n-samples 5000] [--sampler ddim --steps 50
         --eta 0] [--out DIR]
 
+Held-out digits are those of the split scheme the model was trained with (its checkpoint's
+``task.split_scheme``).
 - NLL: the full variational bound L_T + Σ_{t≥2} L_{t−1} + L_0 (all T terms, discretised decoder on the
   8-bit levels, no dequantisation noise) on the first ``--n-bpd`` held-out digits, in bits/dim, with its
   standard error over digits; the model's unconditional (∅) branch when it is class-conditional.
@@ -28,9 +30,9 @@ from dpstack.generative.classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from dpstack.generative.classifier import frechet_distance, load_classifier, predict_features
 
 
-def heldout_digits(n: int | None = None, root=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n held-out digits as model-space images (N, 1, 28, 28) and their labels."""
-    heldout = MNISTDataset("heldout", root, max_items=n)
+def heldout_digits(n: int | None = None, root=None, scheme: str = "test_split") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n held-out digits of a split scheme as model-space images (N, 1, 28, 28) and their labels."""
+    heldout = MNISTDataset("heldout", root, max_items=n, scheme=scheme)
     return to_model_space(heldout.images), heldout.labels
 
 
@@ -81,10 +83,12 @@ def cycled_labels(n: int, num_classes: int) -> torch.Tensor:
 
 
 def evaluate(model, n_bpd: int = 1000, n_samples: int = 5000, sampler: str = "ddim", steps: int | None = 50,
-             eta: float = 0.0, guidance_scale: float = 1.0, seed: int = 0, root=None, progress: bool = True) -> dict:
-    """All of the module docstring's numbers for one model (its EMA weights, in eval mode)."""
+             eta: float = 0.0, guidance_scale: float = 1.0, seed: int = 0, root=None, progress: bool = True,
+             split_scheme: str = "test_split") -> dict:
+    """All of the module docstring's numbers for one model (its EMA weights, in eval mode), on the held-out
+    digits of the split scheme it was trained with."""
     classifier, classifier_accuracy = load_classifier(CLASSIFIER_PATH)
-    reference, _ = heldout_digits(None, root)
+    reference, _ = heldout_digits(None, root, split_scheme)
     metrics: dict = {"classifier_heldout_accuracy": classifier_accuracy}
     if n_bpd:
         started = time.monotonic()
@@ -102,12 +106,12 @@ def evaluate(model, n_bpd: int = 1000, n_samples: int = 5000, sampler: str = "dd
             metrics.update({f"conditional_{k}": v
                             for k, v in sample_quality(conditional, reference, labels, classifier).items()})
     metrics.update({"sampler": sampler, "steps": steps or model.config.num_train_timesteps, "eta": eta,
-                    "guidance_scale": guidance_scale, "seed": seed})
+                    "guidance_scale": guidance_scale, "seed": seed, "split_scheme": split_scheme})
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
-    from dpstack.diffusion.checkpoint_io import CheckpointError
+    from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint
     from dpstack.generative.checkpoint import load_image_model
     from dpstack.generative.pictures import save_all_pictures
 
@@ -129,13 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = load_image_model(args.checkpoint, args.device)
+        scheme = load_checkpoint(args.checkpoint)["config"]["task"].get("split_scheme", "test_split")
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model, args.n_bpd, args.n_samples, args.sampler, args.steps or None, args.eta, args.guidance,
-                       args.seed, args.data_root)
+                       args.seed, args.data_root, split_scheme=scheme)
     metrics["checkpoint"] = str(args.checkpoint)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     save_all_pictures(model, out, seed=args.seed)

@@ -3,7 +3,7 @@
 Objectives (Ho et al. 2020; Nichol & Dhariwal 2021):
 - ``simple``: L_simple = E_{t,x_0,ε} ‖ε − ε_θ(x_t, t)‖², with a fixed variance for sampling and the bound
   (``fixed_small``: σ² = β̃_t, ``fixed_large``: σ² = β_t);
-- ``hybrid``: L_hybrid = L_simple + λ L_vlb with Σ_θ = exp(v log β_t + (1 − v) log β̃_t) learned (the
+- ``hybrid``: L_hybrid = L_simple + λ L_vlb with Σ_θ = exp(w log β_t + (1 − w) log β̃_t) learned (the
   mean is frozen inside L_vlb, so the variance head learns from L_vlb only).
 
 Likelihood: −log p(x_0) ≤ L_T + Σ_{t≥2} L_{t−1} + L_0 over all T terms, in bits/dim, with the discretised

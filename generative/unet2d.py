@@ -7,8 +7,8 @@ Residual block (scale-shift conditioning on e = MLP(sinusoid(t)) [+ class embedd
 Self-attention (softmax(QKᵀ/√d) V over the H·W positions, residual) runs at the resolutions listed in
 ``attention_resolutions``. The down path halves the resolution with stride-2 convolutions, the up path
 concatenates skips and doubles it with nearest upsampling + conv. With ``learn_variance`` the output has
-2C channels: the prediction (ε, x₀ or v) and the interpolation v ∈ [−1, 1] of
-Σ = exp(v log β_t + (1 − v) log β̃_t) (read as (output + 1)/2 by the core). Class conditioning adds an
+2C channels: the prediction (ε, x₀ or v) and o = tanh(·) ∈ [−1, 1], which the core reads as the weight
+w = (o + 1)/2 of Σ = exp(w log β_t + (1 − w) log β̃_t). Class conditioning adds an
 embedding of the label; label ``num_classes`` is the null label ∅ of classifier-free guidance.
 """
 from __future__ import annotations
@@ -157,7 +157,7 @@ class UNet2D(nn.Module):
                 h = attention(block(torch.cat([h, skips.pop()], dim=1), embedding))
             h = upsample(h)
         out = self.head(h)
-        if self.config.learn_variance:  # the variance interpolation v lives in [−1, 1]
+        if self.config.learn_variance:  # the variance output o lives in [−1, 1]
             prediction, variance = out.chunk(2, dim=1)
             out = torch.cat([prediction, torch.tanh(variance)], dim=1)
         return out

@@ -65,11 +65,12 @@ def load_policy(checkpoint_path: str | os.PathLike, device: str | torch.device =
     """The ready-to-run policy of a checkpoint: EMA weights when present, eval mode, on ``device``;
     ``optimize=True`` also traces the U-Net (``DiffusionUnetPolicy.optimize_for_inference``).
 
-    An exported file (``.onnx``, or a TorchScript ``.pt`` from ``python -m dpstack.policy.export``) loads as
-    an ``ExportedPolicy`` with the same interface; it runs on the CPU."""
-    if Path(checkpoint_path).suffix in (".onnx", ".pt"):
-        from dpstack.policy.export import ExportedPolicy
+    An exported file (ONNX, or a TorchScript archive from ``python -m dpstack.policy.export``; told apart
+    from checkpoints by content, not name) loads as an ``ExportedPolicy`` with the same interface; it runs
+    on the CPU."""
+    from dpstack.policy.export import ExportedPolicy, exported_format
 
+    if exported_format(checkpoint_path) is not None:
         if torch.device(device).type != "cpu":
             raise CheckpointError(f"{checkpoint_path} is an exported policy, which runs on the CPU; pass device='cpu'")
         return ExportedPolicy(checkpoint_path)

@@ -9,9 +9,10 @@ The exported graph is the whole chunk computation with the DDIM (η = 0) chain u
     → unnormalise → (action (B, Ta, Da), action_pred (B, T, Da))
 
 so that, given the same initial noise x_K, it computes what ``policy.predict_action`` does. The policy
-config travels inside the file (ONNX metadata / TorchScript extra file), and ``load_exported_policy``
-returns an object with the policy interface (``config``, ``predict_action(obs, generator)``) that draws x_K
-with torch and runs the graph, so the evaluation runner and the robot node take it like a checkpoint.
+config travels inside the file (ONNX metadata / TorchScript extra file). ``ExportedPolicy`` (what
+``load_policy`` returns for such a file) has the policy interface (``config``, ``predict_action(obs,
+generator)``): it draws x_K with torch and runs the graph, so the evaluation runner and the robot node take
+it like a checkpoint.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import os
 import sys
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,6 +36,21 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 CONFIG_KEY = "dpstack_policy_config"
 OUTPUT_NAMES = ("action", "action_pred")
 IMAGE_SIZE = 96  # Push-T camera observations are 96 × 96
+
+
+def exported_format(path: str | os.PathLike) -> str | None:
+    """``onnx`` or ``torchscript`` for a file this module writes, judged by content; None for anything else
+    (a training checkpoint is also a zip, but without TorchScript's ``constants.pkl``)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".onnx":
+        return "onnx"
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            if any(name.endswith("/constants.pkl") for name in archive.namelist()):
+                return "torchscript"
+    return None
 
 
 def observation_names(config: DiffusionPolicyConfig) -> tuple[str, ...]:
@@ -108,7 +125,20 @@ class ExportedPolicy:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"exported policy {path} does not exist")
-        self.path, self.format = path, "onnx" if path.suffix == ".onnx" else "torchscript"
+        self.path, self.format = path, exported_format(path)
+        if self.format is None:
+            raise CheckpointError(f"{path} is neither an ONNX file nor a TorchScript archive")
+        try:
+            config = self._open(path, threads)
+        except Exception as error:  # noqa: BLE001 - onnxruntime and torch.jit raise their own error types
+            raise CheckpointError(f"{path} could not be opened as an exported policy: {error}") from error
+        if not config:
+            raise CheckpointError(f"{path} carries no policy config: it was not written by dpstack.policy.export")
+        self.config = DiffusionPolicyConfig.from_dict(json.loads(config))
+        self.device = torch.device("cpu")
+
+    def _open(self, path: Path, threads: int | None) -> str:
+        """Load the graph; returns the policy config it carries (JSON, empty if none)."""
         if self.format == "onnx":
             import onnxruntime
 
@@ -116,17 +146,12 @@ class ExportedPolicy:
             if threads:
                 options.intra_op_num_threads = threads
             self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            config = self.session.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
-        else:
-            extra = {CONFIG_KEY: ""}
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
-                self.module = torch.jit.load(str(path), _extra_files=extra, map_location="cpu")
-            config = extra[CONFIG_KEY]
-        if not config:
-            raise CheckpointError(f"{path} carries no policy config: it was not written by dpstack.policy.export")
-        self.config = DiffusionPolicyConfig.from_dict(json.loads(config))
-        self.device = torch.device("cpu")
+            return self.session.get_modelmeta().custom_metadata_map.get(CONFIG_KEY, "")
+        extra = {CONFIG_KEY: ""}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated, still supported
+            self.module = torch.jit.load(str(path), _extra_files=extra, map_location="cpu")
+        return extra[CONFIG_KEY]
 
     def reset(self) -> None:
         """Stateless between calls, like the policy."""

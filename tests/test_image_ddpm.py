@@ -73,15 +73,19 @@ def test_fixed_split_of_the_test_digits(mnist_data):
     assert np.array_equal(again, held_images)
 
 
-def test_full_official_files_are_used_when_present(tmp_path):
+def test_split_schemes_are_explicit(tmp_path):
     rng = np.random.default_rng(0)
     folder = tmp_path / "mnist"
     folder.mkdir()
-    for split, n in (("train", 30), ("t10k", 12)):
-        write_idx(folder / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, (n,)))
-    assert mnist.load_split("train", tmp_path)[0].shape[0] == 30
-    assert mnist.load_split("heldout", tmp_path)[0].shape[0] == 12
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (1012, 28, 28)))
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, (1012,)))
+    with pytest.raises(mnist.MNISTDataError, match="needs the 60k training files"):
+        mnist.load_split("train", tmp_path, "official")
+    write_idx(folder / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (30, 28, 28)))
+    write_idx(folder / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, (30,)))
+    assert mnist.load_split("train", tmp_path, "official")[0].shape[0] == 30
+    assert mnist.load_split("heldout", tmp_path, "official")[0].shape[0] == 1012
+    assert mnist.load_split("heldout", tmp_path)[0].shape[0] == 1000  # the default ignores the training files
 
 
 def test_missing_mnist_says_where_it_looked_and_how_to_fetch(tmp_path):
@@ -159,7 +163,7 @@ def test_wrong_image_size_is_refused():
         tiny_model().compute_loss({"image": torch.zeros(2, 1, 32, 32), "label": torch.zeros(2, dtype=torch.long)})
 
 
-def test_ddim_eta0_is_deterministic_given_x_T_and_samplers_respect_labels():
+def test_ddim_eta0_is_deterministic_given_x_T_and_samplers_accept_labels():
     model = tiny_model().eval()
     x_T = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(5))
     first = model.sample(3, "ddim", 5, 0.0, generator=torch.Generator().manual_seed(1), noise=x_T.clone())
@@ -293,14 +297,29 @@ def test_non_finite_loss_stops_with_a_clear_error_and_no_bad_checkpoint(tmp_path
     assert not (tmp_path / "fresh" / "checkpoints" / "latest.ckpt").exists()
 
 
-def test_gradient_clipping_bounds_the_update_and_norms_are_logged(tmp_path, mnist_data):
+def test_gradient_clipping_bounds_the_gradient_the_optimizer_sees(tmp_path, mnist_data):
     import json
 
-    TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=0", "training.log_every=1",
-                                 "training.grad_clip_norm=0.001"), tmp_path).run()
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    seen = []
+
+    def record(optimizer, args, kwargs):
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=0", "training.log_every=1",
+                                     "training.grad_clip_norm=0.001"), tmp_path).run()
+    finally:
+        handle.remove()
     lines = [json.loads(line) for line in (tmp_path / "logs.json.txt").read_text().splitlines()]
-    norms = [line["grad_norm"] for line in lines if "grad_norm" in line]
-    assert len(norms) == 3 and all(norm > 0.001 for norm in norms)  # logged before clipping
+    logged = [line["grad_norm"] for line in lines if "grad_norm" in line]
+    assert len(seen) == len(logged) == 3
+    assert all(norm <= 0.001 * (1 + 1e-5) for norm in seen) and all(norm > 0.001 for norm in logged)
+    with pytest.raises(ConfigError, match="grad_clip_norm must be null"):
+        run_config("training.grad_clip_norm=-1")
 
 
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, mnist_data):

@@ -39,6 +39,24 @@ def test_export_refuses_the_stochastic_sampler_and_cuda(tmp_path, checkpoint):
     with pytest.raises(ValueError, match="unrolls the deterministic DDIM"):
         export(load_policy(ddpm), tmp_path / "x.pt", "torchscript")
     assert main([str(ddpm), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
+    ddim = export_for_inference(checkpoint, tmp_path / "ddim.ckpt", sampler="ddim", num_inference_steps=4)
+    exported = export(load_policy(ddim), tmp_path / "p.pt", "torchscript")
+    from dpstack.diffusion.checkpoint_io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="runs on the CPU"):
+        load_policy(exported, device="cuda")
+
+
+def test_checkpoints_are_told_apart_from_exports_by_content(tmp_path, checkpoint):
+    import shutil
+
+    renamed = shutil.copy(checkpoint, tmp_path / "a_checkpoint_named.pt")  # a training checkpoint named .pt
+    assert not isinstance(load_policy(renamed), ExportedPolicy)
+    from dpstack.diffusion.checkpoint_io import CheckpointError
+
+    (tmp_path / "broken.onnx").write_bytes(b"not onnx")
+    with pytest.raises(CheckpointError, match="could not be opened as an exported policy"):
+        load_policy(tmp_path / "broken.onnx")
 
 
 def test_export_command_reports_the_difference(tmp_path, checkpoint, capsys):

@@ -208,3 +208,13 @@ def test_wandb_offline_run_logs_metrics_and_videos_without_an_account(tmp_path, 
     history = list(runs[0].glob("*.wandb"))
     assert history and history[0].stat().st_size > 0
     assert list(runs[0].rglob("*.mp4"))  # the rollout video was handed to wandb
+
+
+def test_topk_keeps_the_lowest_in_min_mode(tmp_path):
+    from dpstack.training.topk import TopKCheckpoints
+
+    best = TopKCheckpoints(tmp_path, 2, "test/bits_per_dim", mode="min")
+    for epoch, value in enumerate([3.0, 1.0, 2.0, 4.0]):
+        best.admit(value, epoch)
+    assert [score for score, _ in best.entries] == [1.0, 2.0]
+    assert all("/" not in name for _, name in best.entries)

@@ -51,6 +51,13 @@ def validate_config(cfg: DictConfig) -> None:
             problems.append(f"training.{key} must be a positive integer, got {tc[key]!r}")
     if not tc.lr > 0:
         problems.append(f"training.lr must be positive, got {tc.lr!r}")
+    clip = tc.get("grad_clip_norm")
+    if clip is not None and not (isinstance(clip, (int, float)) and clip > 0):
+        problems.append(f"training.grad_clip_norm must be null (no clipping) or a positive number, got {clip!r}")
+    if not isinstance(tc.get("num_workers", 0), int) or tc.get("num_workers", 0) < 0:
+        problems.append(f"training.num_workers must be an integer ≥ 0, got {tc.get('num_workers')!r}")
+    if cfg.checkpoint.get("mode", "max") not in ("max", "min"):
+        problems.append(f"checkpoint.mode must be max or min, got {cfg.checkpoint.mode!r}")
     if problems:
         raise ConfigError("invalid config:\n" + "\n".join(f"  - {problem}" for problem in problems))
     cfg.training.device = resolve_device(str(tc.device))

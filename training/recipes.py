@@ -53,13 +53,11 @@ class PolicyRecipe:
         config = DiffusionPolicyConfig.from_dict(OmegaConf.to_container(self.cfg.policy, resolve=True))
         return DiffusionUnetPolicy(config, dataset.get_normalizer())
 
-    def runner(self, n_test: int | None = None):
+    def runner(self):
         from dpstack.evaluation.runner import PushTRunner, RunnerConfig
 
         values = OmegaConf.to_container(self.cfg.eval, resolve=True)
         values["obs_type"] = "keypoints" if self.cfg.task.obs_type == "lowdim" else "image"
-        if n_test is not None:
-            values["n_test"] = n_test
         return PushTRunner(RunnerConfig(**values), self.cfg.policy.n_obs_steps, self.cfg.policy.n_action_steps)
 
     def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
@@ -88,8 +86,8 @@ class ImageDiffusionRecipe:
         from dpstack.datasets.mnist import MNISTDataset
 
         task = self.cfg.task
-        return (MNISTDataset("train", self.cfg.data_root, task.max_train_items),
-                MNISTDataset("heldout", self.cfg.data_root, task.max_val_items))
+        return (MNISTDataset("train", self.cfg.data_root, task.max_train_items, task.split_scheme),
+                MNISTDataset("heldout", self.cfg.data_root, task.max_val_items, task.split_scheme))
 
     def build_model(self, dataset):
         from dpstack.generative.image_diffusion import ImageDiffusion, ImageDiffusionConfig
@@ -110,7 +108,8 @@ class ImageDiffusionRecipe:
                            steps=settings.steps, eta=settings.eta, seed=settings.seed)
         logger.log_images({"samples": grid}, step)
         metrics = evaluate(model, settings.n_bpd, settings.n_samples, settings.sampler, settings.steps, settings.eta,
-                           seed=settings.seed, root=self.cfg.data_root, progress=self.cfg.training.progress)
+                           seed=settings.seed, root=self.cfg.data_root, progress=self.cfg.training.progress,
+                           split_scheme=self.cfg.task.split_scheme)
         (output_dir / f"eval_epoch_{epoch:04d}.json").write_text(json.dumps(metrics, indent=2))
         return {f"test/{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
 

@@ -67,6 +67,7 @@ class TrainingSection:
 @dataclass
 class ImageTaskSection:
     name: str
+    split_scheme: str            # test_split (9k / 1k of the 10k test digits) or official (60k / 10k)
     max_train_items: int | None  # the first n training digits (null: all)
     max_val_items: int | None    # the first n held-out digits for the validation loss (null: all)
 
@@ -102,6 +103,7 @@ class TextEvalSection:
 class CheckpointSection:
     topk: int
     monitor: str
+    mode: str  # max: higher is better (scores); min: lower is better (bits/dim, bits/char)
 
 
 @dataclass

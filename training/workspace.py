@@ -31,7 +31,8 @@ from dpstack.training.topk import TopKCheckpoints
 
 # Settings added after checkpoints were first written, with the value that older checkpoints imply.
 LATER_SETTINGS = {("policy", "cond_noise_std"): 0.0, ("task", "dataset", "mirror"): False,
-                  ("task", "dataset", "align_to_goal"): False, ("recipe",): DEFAULT_RECIPE}
+                  ("task", "dataset", "align_to_goal"): False, ("recipe",): DEFAULT_RECIPE,
+                  ("task", "split_scheme"): "test_split"}
 
 
 def _with_later_settings(config: dict) -> dict:
@@ -203,7 +204,8 @@ class TrainingWorkspace:
         total_steps = len(loader) * tc.num_epochs  # the LR schedule's length; max_train_steps only stops early
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
-        self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor)
+        self.topk = TopKCheckpoints(self.checkpoint_dir, cfg.checkpoint.topk, cfg.checkpoint.monitor,
+                                    cfg.checkpoint.get("mode", "max"))
         latest = self.checkpoint_dir / "latest.ckpt"
         self.batch_in_epoch, self.epoch_loader_rng, self.batches_per_epoch = 0, None, len(loader)
         self.cpu_minutes_before = self.wall_minutes_before = 0.0
@@ -273,12 +275,9 @@ class TrainingWorkspace:
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
                        "global_step": self.global_step, "wall_minutes": self.wall_minutes(),
                        "cpu_minutes": self.cpu_minutes()}
-            if received:  # SIGINT/SIGTERM: save where we are and leave; the same command resumes
+            if received and self.batch_in_epoch:  # SIGINT/SIGTERM inside an epoch: save where we are and leave
                 self._save(metrics)
-                name = signal.Signals(received[0]).name
-                print(f"{name}: stopped at step {self.global_step}; saved {self.checkpoint_dir / 'latest.ckpt'}. "
-                      f"Run the same command again to resume.")
-                return {**metrics, "interrupted_by": name}
+                return self._interrupted(metrics, received)
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             # Evaluation draws nothing from the training RNG (a stop-and-resume run evaluates where a
             # straight run does not): it runs on a fork of the torch RNG state.
@@ -288,10 +287,18 @@ class TrainingWorkspace:
                 if tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last):
                     metrics.update(self.recipe.evaluate(self.ema.averaged_model, self.epoch, self.global_step,
                                                         self.output_dir, logger))
-            if self.epoch % tc.checkpoint_every == 0 or is_last:
+            if self.epoch % tc.checkpoint_every == 0 or is_last or received:
                 self._save(metrics)
             logger.log(metrics, self.global_step)
+            if received:  # the signal came with an epoch's last batch: its evaluation and checkpoint are done
+                return self._interrupted(metrics, received)
         return metrics
+
+    def _interrupted(self, metrics: dict, received: list[int]) -> dict:
+        name = signal.Signals(received[0]).name
+        print(f"{name}: stopped at step {self.global_step}; saved {self.checkpoint_dir / 'latest.ckpt'}. "
+              f"Run the same command again to resume.")
+        return {**metrics, "interrupted_by": name}
 
     @torch.no_grad()
     def _validation_loss(self, val_dataset) -> float:
