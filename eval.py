@@ -1,10 +1,12 @@
 """Evaluate a checkpoint with the paper's protocol:
 
-    python eval.py --checkpoint CKPT --output_dir DIR [--device cpu] [--n_test 50]
+    python eval.py --checkpoint CKPT [CKPT ...] --output_dir DIR [--device cpu] [--n_test 50]
                    [--test_start_seed 100000] [--n_train 6] [--n_envs K] [--num_inference_steps K]
 
 Writes ``DIR/eval_log.json`` (``test/mean_score`` = mean of per-episode max reward,
-``test/success_rate``, per-seed results) and rollout videos in ``DIR/media/``.
+``test/success_rate``, per-seed results) and rollout videos in ``DIR/media/``. Several checkpoints (e.g.
+the last 10 of a run) are each evaluated into ``DIR/<name>/`` and ``DIR/eval_summary.json`` reports the
+paper's "max / avg" over them: the maximum and the mean of their test mean scores and success rates.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pathlib import Path
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, type=Path, help="a .ckpt from train.py or pretrained/")
+    parser.add_argument("--checkpoint", required=True, type=Path, nargs="+",
+                        help="a .ckpt from train.py or pretrained/ (or an exported .onnx / .pt); several: max / avg")
     parser.add_argument("--output_dir", required=True, type=Path, help="eval_log.json and media/ go here")
     parser.add_argument("--device", default="cpu", help="torch device of the policy")
     parser.add_argument("--n_test", type=int, default=50, help="test episodes (seeds from --test_start_seed)")
@@ -41,13 +44,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if len(args.checkpoint) == 1:
+        return evaluate_checkpoint(args, args.checkpoint[0], args.output_dir)
+    logs = [evaluate_checkpoint(args, path, args.output_dir / path.stem) for path in args.checkpoint]
+    summary = {"checkpoints": [str(path) for path in args.checkpoint]}
+    for key in ("test/mean_score", "test/success_rate"):
+        values = [log[key] for log in logs]
+        summary[key] = {"max": max(values), "mean": sum(values) / len(values), "each": values}
+    (args.output_dir / "eval_summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({key: summary[key] for key in ("test/mean_score", "test/success_rate")}, indent=2))
+    print(f"wrote {args.output_dir / 'eval_summary.json'}")
+    return summary
+
+
+def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, output_dir: Path) -> dict:
     from dpstack.evaluation.runner import PushTRunner, RunnerConfig
     from dpstack.policy.checkpoint import load_policy
     from dpstack.policy.executor import torch_predictor
     from dpstack.training.cli import exit_on_user_error
 
     with exit_on_user_error(also=(ValueError,)):  # ValueError: an inference setting the policy refuses
-        policy = load_policy(args.checkpoint, device=args.device)
+        policy = load_policy(checkpoint, device=args.device)
         changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
                    "n_action_steps": args.n_action_steps}
         policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
@@ -61,11 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.monotonic()
     # Each episode's sampling noise comes from (seed, episode, chunk) alone: results do not depend on n_envs.
     result = runner.run(torch_predictor(policy, args.device, episode_seed=args.seed),
-                        video_dir=args.output_dir / "media")
+                        video_dir=output_dir / "media")
     metrics = result.metrics()
     log = {
         **metrics,
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(checkpoint),
         "sampler": policy.config.sampler,
         "num_inference_steps": policy.config.num_inference_steps,
         "n_action_steps": policy.config.n_action_steps,
@@ -75,18 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
         "failures": result.failures,
         "videos": {name: str(path) for name, path in result.videos.items()},
     }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "eval_log.json").write_text(json.dumps(log, indent=2))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "eval_log.json").write_text(json.dumps(log, indent=2))
     if args.wandb != "disabled":
         import wandb
 
         config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
-        run = wandb.init(project="diffusion_policy_eval", mode=args.wandb, dir=str(args.output_dir), config=config)
+        run = wandb.init(project="diffusion_policy_eval", mode=args.wandb, dir=str(output_dir), config=config)
         run.log(metrics | {f"{name}/video": wandb.Video(str(path), format="mp4") for name, path in result.videos.items()})
         run.finish()
     summary = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(summary, indent=2))
-    print(f"wrote {args.output_dir / 'eval_log.json'}")
+    print(f"wrote {output_dir / 'eval_log.json'}")
     return log
 
 

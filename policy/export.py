@@ -156,6 +156,17 @@ class ExportedPolicy:
     def reset(self) -> None:
         """Stateless between calls, like the policy."""
 
+    def reconfigure(self, **changes) -> None:
+        """Inference settings are part of the exported graph: only the values it was exported with pass."""
+        changed = {key: value for key, value in changes.items() if getattr(self.config, key) != value}
+        if changed:
+            raise ValueError(f"{self.path} was exported with {({k: getattr(self.config, k) for k in changed})}; "
+                             f"export the checkpoint again with {changed}")
+
+    def optimize_for_inference(self) -> "ExportedPolicy":
+        """Already a compiled graph."""
+        return self
+
     def predict_action(self, obs: dict, generator=None) -> dict[str, torch.Tensor]:
         """As ``DiffusionUnetPolicy.predict_action``: x_K ~ N(0, I) from ``generator``, then the graph."""
         names = observation_names(self.config)

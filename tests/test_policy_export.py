@@ -111,3 +111,24 @@ def test_robot_node_loads_an_exported_policy(tmp_path, checkpoint):
         node.node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+def test_eval_reports_max_and_mean_over_checkpoints_including_an_export(tmp_path, checkpoint):
+    """The paper's "max / avg of the last checkpoints": eval.py takes several files, an exported one too."""
+    import json
+
+    from eval import main as eval_main
+
+    ddim = export_for_inference(checkpoint, tmp_path / "ddim.ckpt", sampler="ddim", num_inference_steps=4)
+    exported = export(load_policy(ddim), tmp_path / "ddim_export.pt", "torchscript")
+    summary = eval_main(["--checkpoint", str(ddim), str(exported), "--output_dir", str(tmp_path / "eval"),
+                         "--n_test", "2", "--n_train", "0", "--n_envs", "2", "--n_workers", "0",
+                         "--n_test_videos", "0", "--n_train_videos", "0"])
+    each = summary["test/mean_score"]["each"]
+    assert len(each) == 2 and each[0] == pytest.approx(each[1], abs=1e-6)  # the export acts as its checkpoint
+    assert summary["test/mean_score"]["max"] == max(each)
+    saved = json.loads((tmp_path / "eval" / "eval_summary.json").read_text())
+    assert saved["checkpoints"] == [str(ddim), str(exported)]
+    assert (tmp_path / "eval" / "ddim_export" / "eval_log.json").exists()
+    with pytest.raises(ValueError, match="export the checkpoint again"):
+        load_policy(exported).reconfigure(num_inference_steps=8)
