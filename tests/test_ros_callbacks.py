@@ -74,9 +74,10 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         rclpy.shutdown()
 
 
-def test_non_finite_or_malformed_observations_count_as_missing(checkpoint):
-    """A NaN/inf pose or keypoint array, or a message a decoder chokes on, is logged and dropped, never
-    stored: the stale-observation watchdog then holds the arm."""
+def test_sensor_subscriptions_are_best_effort_and_bad_messages_count_as_missing(checkpoint):
+    """Sensor topics subscribe BEST_EFFORT (matching best-effort drivers and RELIABLE publishers, which the
+    closed-loop tests use). A NaN/inf pose or keypoint array, or a message a decoder chokes on, is logged
+    and dropped, never stored: the stale-observation watchdog then holds the arm."""
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import Float64MultiArray
 
@@ -89,6 +90,11 @@ def test_non_finite_or_malformed_observations_count_as_missing(checkpoint):
     rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}"])
     try:
         node = PolicyNode("nan_probe", policy=load_policy(checkpoint))
+        from rclpy.qos import ReliabilityPolicy
+
+        sensors = [sub for sub in node.node.subscriptions if sub.topic_name.split("/")[-1] in
+                   ("agent_pose", "joint_states", "block_keypoints", "block_pose", "image")]
+        assert len(sensors) >= 2 and all(sub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for sub in sensors)
         store_agent = node._store("agent", lambda m: agent_from_pose(m, node.calibration))
         store_keypoints = node._store("keypoints", keypoints_from_array)
         pose = PoseStamped()

@@ -101,22 +101,24 @@ class PolicyNode(SafetySwitches):
         self.chunk_obs_time: Optional[float] = None
         self.agent_px: Optional[np.ndarray] = None
 
+        # Sensors subscribe BEST_EFFORT (SensorDataQoS): it matches both best-effort drivers (cameras, most
+        # robot state publishers) and RELIABLE publishers; a RELIABLE subscription would miss the former.
         sensor_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         reliable = QoSProfile(depth=10)
 
         subscribe = node.create_subscription
         if p["agent_source"] == "pose":
             subscribe(PoseStamped, "agent_pose", self._store("agent", lambda m: agent_from_pose(m, self.calibration)),
-                      reliable)
+                      sensor_qos)
         subscribe(JointState, "joint_states", self._store("joints", lambda m: joints_from_state(m, p["joint_names"])),
-                  reliable)
+                  sensor_qos)
         if self.obs_type == "image":
             subscribe(Image, "image", self._store("image", lambda m: image_from_msg(m, self.image_size)), sensor_qos)
         elif p["block_source"] == "keypoints":
-            subscribe(Float64MultiArray, "block_keypoints", self._store("keypoints", keypoints_from_array), reliable)
+            subscribe(Float64MultiArray, "block_keypoints", self._store("keypoints", keypoints_from_array), sensor_qos)
         else:
             subscribe(PoseStamped, "block_pose",
-                      self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)), reliable)
+                      self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)), sensor_qos)
 
         mode = p["output_mode"]
         message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
