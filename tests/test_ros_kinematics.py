@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "real_robot"))
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "real_robot"
+sys.path.insert(0, str(PACKAGE))
 
 from real_robot.control import ActionSchedule, clamp_actions, coerce, joint_speed_ok  # noqa: E402
 from real_robot.kinematics import (  # noqa: E402
@@ -376,3 +378,52 @@ def test_inference_worker_coalesces_wakes_survives_errors_and_stops():
     worker.wake()
     time.sleep(0.05)
     assert len(runs) == 3
+
+
+def test_the_node_keeps_the_simulators_geometry_without_importing_it():
+    """The node's keypoint table and resize taps equal the simulator's (it keeps copies so that it never
+    imports gymnasium, pygame or numba)."""
+    from dpstack.envs.geometry import TEE_KEYPOINTS, block_keypoints
+    from dpstack.envs.render import linear_resize_taps
+    from real_robot import observations
+
+    np.testing.assert_array_equal(observations.TEE_KEYPOINTS, TEE_KEYPOINTS)
+    for source in (1, 2, 50, 96, 97, 480, 512, 640):
+        for ours, theirs in zip(observations._linear_taps(source, 96), linear_resize_taps(source, 96)):
+            np.testing.assert_array_equal(ours, theirs)
+    calibration = observations.PlanarCalibration([0.001, 0.0, -0.25, 0.0, 0.001, -0.25], 0.0)
+    pose = type("Pose", (), {})()
+    pose.pose = type("P", (), {"position": type("V", (), {"x": 0.1, "y": 0.2})(),
+                               "orientation": type("Q", (), {"x": 0.0, "y": 0.0, "z": np.sin(0.2), "w": np.cos(0.2)})()})()
+    xy = calibration.to_pixels(np.array([0.1, 0.2]))
+    theta = calibration.angle_to_pixels(0.4)
+    np.testing.assert_allclose(observations.keypoints_from_pose(pose, calibration),
+                               block_keypoints(np.array([xy[0], xy[1], theta])).ravel(), atol=1e-9)
+
+
+def test_node_runs_with_the_simulator_packages_blocked(tmp_path):
+    """The documented robot install has torch, numpy and ROS only: the node module, its decoders (an image of
+    another size, a block pose) and load_policy work with gymnasium, pygame, numba and friends unimportable."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+for name in ("gymnasium", "pygame", "numba", "pymunk", "shapely", "zarr", "hydra", "omegaconf", "wandb", "imageio"):
+    sys.modules[name] = None
+sys.path.insert(0, {str(PACKAGE)!r})
+import numpy as np
+import real_robot.policy_node
+from real_robot import observations
+image = type("Image", (), dict(encoding="rgb8", width=64, height=48, step=192, data=bytes(64 * 48 * 3)))()
+assert observations.image_from_msg(image, 96).shape == (3, 96, 96)
+calibration = observations.PlanarCalibration([0.001, 0.0, -0.25, 0.0, 0.001, -0.25], 0.0)
+pose = type("P", (), dict(pose=type("Q", (), dict(position=type("V", (), dict(x=0.1, y=0.2))(),
+            orientation=type("O", (), dict(x=0.0, y=0.0, z=0.0, w=1.0))()))()))()
+assert observations.keypoints_from_pose(pose, calibration).shape == (18,)
+from dpstack.policy.checkpoint import load_policy
+load_policy({str(REPO / 'pretrained' / 'pusht_lowdim_small.ckpt')!r})
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

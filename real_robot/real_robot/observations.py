@@ -32,14 +32,32 @@ def keypoints_from_array(msg) -> np.ndarray:
     return values
 
 
-def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
-    """Block keypoints from the block's table-frame pose (position + yaw)."""
-    from dpstack.envs.geometry import block_keypoints  # the simulator package, imported only where needed
+# The T block's 9 body-frame keypoints in the dataset's order (pixels). The node keeps its own copy so that
+# it imports nothing of the simulator (gymnasium, pygame, numba); a test pins it to dpstack.envs.geometry.
+TEE_KEYPOINTS = np.array([
+    [9.26978651, 90.04097386], [-60.98347195, -1.18673018], [60.91275546, -1.39336347],
+    [-0.27050367, 25.54362508], [-14.06492744, 122.81585387], [39.00273833, 32.85740441],
+    [-39.9664144, 32.72965538], [-16.82434402, 62.86317907], [23.54146135, -1.70028786],
+])
 
+
+def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
+    """Block keypoints from the block's table-frame pose (position + yaw): R(θ) k + (x, y) for each keypoint."""
     q = msg.pose.orientation
     xy = calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
     theta = calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))
-    return block_keypoints(np.array([xy[0], xy[1], theta])).reshape(-1)
+    cos, sin = np.cos(theta), np.sin(theta)
+    return (TEE_KEYPOINTS @ np.array([[cos, sin], [-sin, cos]]) + xy).reshape(-1)
+
+
+def _linear_taps(source_size: int, size: int):
+    """Per output pixel d: the two source pixels around s = (d + ½)·source/size − ½ (clamped to the image)
+    and their weights, OpenCV's INTER_LINEAR convention, as the simulator's renderer resizes."""
+    position = np.clip((np.arange(size) + 0.5) * (source_size / size) - 0.5, 0, source_size - 1)
+    first = np.minimum(np.floor(position).astype(np.int64), source_size - 1)
+    second = np.minimum(first + 1, source_size - 1)
+    weight_second = position - first
+    return np.stack([first, second], axis=1), (1 - weight_second).astype(np.float32), weight_second.astype(np.float32)
 
 
 def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
@@ -47,10 +65,8 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
     INTER_LINEAR convention, source coordinate s = (d + ½)·src/dst − ½), in its order: rows of
     horizontal taps, then the vertical blend, out = Σ_i wy_i Σ_j wx_j img[y_i, x_j]. A non-square
     camera image is stretched to a square: calibrate the camera crop to the table square."""
-    from dpstack.envs.render import linear_resize_taps
-
-    rows, row_w0, row_w1 = linear_resize_taps(image.shape[0], size)
-    cols, col_w0, col_w1 = linear_resize_taps(image.shape[1], size)
+    rows, row_w0, row_w1 = _linear_taps(image.shape[0], size)
+    cols, col_w0, col_w1 = _linear_taps(image.shape[1], size)
     pixels = image.astype(np.float64)
     horizontal = (col_w0.astype(np.float64)[None, :, None] * pixels[:, cols[:, 0]]
                   + col_w1.astype(np.float64)[None, :, None] * pixels[:, cols[:, 1]])
