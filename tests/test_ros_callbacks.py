@@ -183,3 +183,19 @@ def test_sim_auto_reset_pauses_before_the_next_episode():
         if sim is not None:
             sim.node.destroy_node()
         rclpy.shutdown()
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_sim_robot_stops_cleanly_on_a_signal(signal_name):
+    """Ctrl-C (launch's SIGINT) or SIGTERM: exit status 0, no KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import subprocess
+
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", SDL_VIDEODRIVER="dummy")
+    process = subprocess.Popen([sys.executable, "-m", "real_robot.sim_robot"], cwd=PACKAGE, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)  # up and spinning
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0 and "Traceback" not in stderr, stderr

@@ -39,6 +39,7 @@ from real_robot.observations import (
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
+from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
 from real_robot.worker import WakeableWorker
 
 PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
@@ -343,43 +344,25 @@ class PolicyNode(SafetySwitches):
         self.status_pub.publish(self.String(data=json.dumps(status)))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _shutdown(rclpy) -> None:
-    if rclpy.ok():
-        rclpy.shutdown()
-
-
 def main(args=None) -> int:
-    import signal
-
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
     # rclpy's own SIGINT handler would shut the context down before a hold could be published:
     # take SIGINT (and SIGTERM, which launch sends after a timeout) as KeyboardInterrupt instead.
-    try:
-        from rclpy.signals import SignalHandlerOptions
-
-        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except (ImportError, TypeError):  # an rclpy without the option: its handler stays
-        rclpy.init(args=args)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    init_with_interrupts(rclpy, args)
     holder = None
     try:
         holder = PolicyNode()
     except KeyboardInterrupt:  # stopped while loading or warming up: nothing was commanded yet
-        _shutdown(rclpy)
+        shutdown(rclpy)
         return 130
     except Exception as error:  # bad checkpoint / config: clear message, non-zero exit
         # Matched by name: importing policy.checkpoint here could fail again and hide the message.
         kind = "checkpoint error" if type(error).__name__ == "CheckpointError" else \
             "configuration error" if isinstance(error, (ConfigError, ValueError)) else type(error).__name__
         print(f"policy_node: {kind}: {error}", file=sys.stderr, flush=True)
-        _shutdown(rclpy)
+        shutdown(rclpy)
         return 2
     # One executor thread for the timer, subscriptions and services, inference in its own thread: a
     # MultiThreadedExecutor here stalled the control clock for seconds on 2 cores (BENCHMARKS.md).
@@ -391,9 +374,7 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # A second Ctrl-C (or launch's SIGTERM) must not cut the shutdown hold short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_interrupts()  # a second Ctrl-C (or launch's SIGTERM) must not cut the shutdown hold short
         try:
             executor.shutdown()
         finally:
@@ -404,7 +385,7 @@ def main(args=None) -> int:
                       flush=True)
             holder.inference.stop()
             holder.node.destroy_node()
-            _shutdown(rclpy)
+            shutdown(rclpy)
     return 0
 
 

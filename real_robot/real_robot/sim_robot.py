@@ -27,6 +27,7 @@ import numpy as np
 from real_robot.control import coerce, sample_trajectory
 from real_robot.arms import make_arm
 from real_robot.kinematics import PlanarCalibration, quaternion_from_yaw
+from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
 
 PARAMETERS = {
     "seed": ("int", 100000),
@@ -212,12 +213,15 @@ def main(args=None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args)
+    init_with_interrupts(rclpy, args)
     try:
         sim = SimRobot()
+    except KeyboardInterrupt:  # stopped while starting
+        shutdown(rclpy)
+        return 130
     except Exception as error:
         print(f"sim_robot: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        rclpy.shutdown()
+        shutdown(rclpy)
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(sim.node)
@@ -226,9 +230,10 @@ def main(args=None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        ignore_interrupts()
+        executor.shutdown()
         sim.node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        shutdown(rclpy)
     return 0
 
 
