@@ -22,7 +22,12 @@ class TextDataError(FileNotFoundError):
     """The corpus is missing; the message says where it looked."""
 
 
-def load_corpus(root: str | os.PathLike | None = None) -> str:
+def load_corpus(root: str | os.PathLike | None = None, corpus: str | os.PathLike | None = None) -> str:
+    """Tiny Shakespeare under the data root, or the text file ``corpus`` (e.g. the reversal test's facts)."""
+    if corpus is not None:
+        if not Path(corpus).is_file():
+            raise TextDataError(f"corpus {corpus} not found (task.corpus)")
+        return Path(corpus).read_text(encoding="utf-8")
     path = data_root(root) / CORPUS
     if not path.is_file():
         looked = "\n".join(f"  - {origin}: {(folder / CORPUS).absolute()}" for origin, folder, _ in root_resolution(root))
@@ -58,10 +63,10 @@ class TextDataset:
     """Windows of ``block_size`` token ids of one split (the interface of ``datasets.loader.BatchLoader``)."""
 
     def __init__(self, split: str = "train", block_size: int = 128, stride: int | None = None, root=None,
-                 max_items: int | None = None, tokenizer: CharTokenizer | None = None) -> None:
+                 max_items: int | None = None, tokenizer: CharTokenizer | None = None, corpus=None) -> None:
         if split not in ("train", "heldout"):
             raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-        corpus = load_corpus(root)
+        corpus = load_corpus(root, corpus)
         self.tokenizer = tokenizer or CharTokenizer(corpus)
         cut = int(len(corpus) * TRAIN_FRACTION)
         self.tokens = self.tokenizer.encode(corpus[:cut] if split == "train" else corpus[cut:])

@@ -168,3 +168,27 @@ def test_other_checkpoints_are_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match="recipe 'policy', not 'language_model'"):
         load_language_model(REPO / "pretrained" / "pusht_lowdim_small.ckpt")
+
+
+def test_reversal_fact_set_and_scoring():
+    from dpstack.generative.reversal import answer, make_fact_set, score
+
+    facts = make_fact_set(40, seed=3)
+    assert facts == make_fact_set(40, seed=3) and facts.taught_backward == 20
+    names = [name for pair in facts.pairs for name in pair]
+    assert len(set(names)) == 80  # every name in one pair only
+    lines = facts.training_lines(repeats=2)
+    untaught = facts.queries(held_out=True)
+    assert not any(line.startswith(prompt) for prompt, _ in untaught for line in lines)  # never seen backward
+    assert all(any(line == f"{prompt}{a}." for line in lines) for prompt, a in facts.queries(held_out=False))
+
+    class Oracle:  # answers every backward query from the facts: accuracy 1 on both halves
+        kind = "autoregressive"
+
+        def generate(self, ids, gen_length, **unused):
+            prompt = tokenizer.decode(ids)
+            return tokenizer.encode({f"{b}'s child is ": a for a, b in facts.pairs}[prompt])
+
+    tokenizer = CharTokenizer("".join(lines))
+    assert answer(Oracle(), tokenizer, untaught[0][0], len(untaught[0][1])) == untaught[0][1]
+    assert score(Oracle(), tokenizer, facts) == {"reversal_accuracy": 1.0, "taught_backward_accuracy": 1.0}

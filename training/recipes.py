@@ -127,8 +127,9 @@ class LanguageModelRecipe:
         from dpstack.datasets.text import TextDataset
 
         task, block = self.cfg.task, self.cfg.model.transformer.block_size
-        train = TextDataset("train", block, task.stride, self.cfg.data_root, task.max_train_items)
-        return train, TextDataset("heldout", block, None, self.cfg.data_root, task.max_val_items, train.tokenizer)
+        train = TextDataset("train", block, task.stride, self.cfg.data_root, task.max_train_items, corpus=task.corpus)
+        return train, TextDataset("heldout", block, None, self.cfg.data_root, task.max_val_items, train.tokenizer,
+                                  corpus=task.corpus)
 
     def build_model(self, dataset):
         from dpstack.generative.language_models import LanguageModelConfig, build_language_model

@@ -85,6 +85,7 @@ class ImageEvalSection:  # the in-training evaluation; python -m dpstack.generat
 @dataclass
 class TextTaskSection:
     name: str
+    corpus: str | None           # a text file to train on instead of Tiny Shakespeare (null: the corpus)
     stride: int | None           # characters between window starts (null: block_size, non-overlapping)
     max_train_items: int | None
     max_val_items: int | None
