@@ -199,3 +199,37 @@ def test_sim_robot_stops_cleanly_on_a_signal(signal_name):
     process.send_signal(getattr(signal, signal_name))
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0 and "Traceback" not in stderr, stderr
+
+
+def test_diagnostics_report_levels_and_counters(checkpoint):
+    """/diagnostics: WARN while observations are missing and when late chunks or holds grew since the last
+    report, OK otherwise, ERROR while e-stopped; the counters and latencies travel as key/values, ~1 Hz."""
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from dpstack.policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}"])
+    try:
+        node = PolicyNode("diagnostics_probe", policy=load_policy(checkpoint))
+        reporter = node.diagnostics
+        reporter.publisher = recorder = Recorder()
+        node._control_tick()  # no observations yet
+        first = recorder.messages[-1].status[0]
+        assert first.level == DiagnosticStatus.WARN and "waiting for observations" in first.message
+        assert {kv.key for kv in first.values} >= {"late", "holds", "clamped", "last_inference_s"}
+        stats = dict(node.stats)
+        assert not reporter.maybe_publish(reporter.last_time + 0.5, "running", stats, {})  # ~1 Hz
+        assert reporter.maybe_publish(reporter.last_time + 1.0, "running", stats, {})
+        assert recorder.messages[-1].status[0].level == DiagnosticStatus.OK
+        stats["late"] += 1
+        reporter.maybe_publish(reporter.last_time + 1.0, "running", stats, {})
+        assert recorder.messages[-1].status[0].level == DiagnosticStatus.WARN
+        assert "late" in recorder.messages[-1].status[0].message
+        reporter.maybe_publish(reporter.last_time + 1.0, "estop", stats, {})
+        assert recorder.messages[-1].status[0].level == DiagnosticStatus.ERROR
+        node.node.destroy_node()
+    finally:
+        rclpy.shutdown()

@@ -32,6 +32,7 @@ import numpy as np
 
 from real_robot.commands import CommandBuilder
 from real_robot.control import ActionSchedule, attach_joints, clamp_actions
+from real_robot.diagnostics import DiagnosticsReporter
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
     TimedObservations, agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array,
@@ -125,6 +126,7 @@ class PolicyNode(SafetySwitches):
         message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
         self.command_pub = node.create_publisher(message_type, p["command_topic"], reliable)
         self.status_pub = node.create_publisher(String, "~/status", reliable)
+        self.diagnostics = DiagnosticsReporter(node, f"policy_node: {node.get_fully_qualified_name()}")
         self.chunk_pub = node.create_publisher(PoseArray, "~/predicted_chunk", reliable)
         self.chunk_px_pub = node.create_publisher(Float64MultiArray, "~/predicted_chunk_px", reliable)
         for srv_type, name, callback in ((SetBool, "~/enable", self._on_enable), (Trigger, "~/estop", self._on_estop),
@@ -342,6 +344,8 @@ class PolicyNode(SafetySwitches):
                       last_inference_s=self.last_latency, last_e2e_s=self.last_e2e,
                       **self.stats)
         self.status_pub.publish(self.String(data=json.dumps(status)))
+        self.diagnostics.maybe_publish(now, self.state, self.stats, dict(
+            latency_estimate_s=self.latency_estimate, last_inference_s=self.last_latency, last_e2e_s=self.last_e2e))
 
 
 def main(args=None) -> int:
