@@ -171,6 +171,12 @@ class PlanarCalibration:
         self.orientation = tuple(quaternion / np.linalg.norm(quaternion))
         self.rotation = quaternion_to_matrix(self.orientation)
 
+    @property
+    def metres_per_pixel(self) -> float:
+        """The largest stretch of the pixel → table map (its spectral norm): a pixel speed v moves the tool
+        at most v · metres_per_pixel."""
+        return float(np.linalg.norm(self.matrix, 2))
+
     def to_table(self, pixels: np.ndarray) -> np.ndarray:
         return np.asarray(pixels, dtype=np.float64) @ self.matrix.T + self.offset
 

@@ -36,6 +36,7 @@ PARAMETERS = {
     "workspace_max_px": ("float_list", [502.0, 502.0]),
     "max_step_px": ("float", 60.0),
     "max_velocity_px_s": ("float", 600.0),
+    "max_tool_speed_m_s": ("float", 0.25),   # the original's real-robot cap; with the calibration it lowers the px limit
     "max_joint_velocity": ("float", 2.0),
     "stale_factor": ("float", 2.0),
     "inference_timeout_s": ("float", 1.0),
@@ -78,7 +79,8 @@ def validate(p: Dict[str, object]):
     if len(p["workspace_min_px"]) != 2 or len(p["workspace_max_px"]) != 2 or \
             not all(a < b for a, b in zip(p["workspace_min_px"], p["workspace_max_px"])):
         problems.append("workspace_min_px / workspace_max_px must be [x, y] with min < max")
-    for name in ("max_step_px", "max_velocity_px_s", "max_joint_velocity", "stale_factor", "inference_timeout_s"):
+    for name in ("max_step_px", "max_velocity_px_s", "max_tool_speed_m_s", "max_joint_velocity", "stale_factor",
+                 "inference_timeout_s"):
         if not p[name] > 0:
             problems.append(f"{name} must be > 0, got {p[name]}")
     if p["ur_model"] is not None:

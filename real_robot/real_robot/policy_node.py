@@ -70,6 +70,8 @@ class PolicyNode(SafetySwitches):
             self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        # The tool-speed cap (m/s) becomes a pixel-speed cap through the calibration; the lower one rules.
+        p["max_velocity_px_s"] = min(p["max_velocity_px_s"], p["max_tool_speed_m_s"] / self.calibration.metres_per_pixel)
         self.commands = CommandBuilder(self.calibration, p["table_height"], p["frame_id"], p["joint_names"])
         if policy is None:
             from dpstack.policy.checkpoint import load_policy
