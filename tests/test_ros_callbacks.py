@@ -202,7 +202,7 @@ def test_sim_robot_stops_cleanly_on_a_signal(signal_name):
 
 
 def test_diagnostics_report_levels_and_counters(checkpoint):
-    """/diagnostics: WARN while observations are missing and when late chunks or holds grew since the last
+    """The default tool-speed cap lowers the pixel-speed clamp. /diagnostics: WARN while observations are missing and when late chunks or holds grew since the last
     report, OK otherwise, ERROR while e-stopped; the counters and latencies travel as key/values, ~1 Hz."""
     from diagnostic_msgs.msg import DiagnosticStatus
 
@@ -214,6 +214,7 @@ def test_diagnostics_report_levels_and_counters(checkpoint):
     rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}"])
     try:
         node = PolicyNode("diagnostics_probe", policy=load_policy(checkpoint))
+        assert node.p["max_velocity_px_s"] == pytest.approx(0.25 / 0.0008)  # the 0.25 m/s cap at 0.8 mm/px
         reporter = node.diagnostics
         reporter.publisher = recorder = Recorder()
         node._control_tick()  # no observations yet
