@@ -345,3 +345,16 @@ def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path, mnist_data):
                               f"hydra.run.dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resumed {tmp_path / 'checkpoints' / 'latest.ckpt'} at epoch {saved['epoch']}" in resumed.stdout
+
+
+def test_a_failing_evaluation_keeps_the_epochs_training(tmp_path, mnist_data, monkeypatch):
+    from dpstack.training.recipes import ImageDiffusionRecipe
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(ImageDiffusionRecipe, "evaluate", broken)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=1"), tmp_path).run()
+    saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")["training_state"]
+    assert saved["global_step"] == 3 and saved["epoch"] == 1  # resumable after the crash, nothing retrained

@@ -279,12 +279,15 @@ class TrainingWorkspace:
                 self._save(metrics)
                 return self._interrupted(metrics, received)
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
+            evaluating = tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last)
+            if evaluating:  # an evaluation that fails (minutes of rollouts) must not cost the epoch's training
+                save_checkpoint(self._payload(metrics), self.checkpoint_dir / "latest.ckpt")
             # Evaluation draws nothing from the training RNG (a stop-and-resume run evaluates where a
             # straight run does not): it runs on a fork of the torch RNG state.
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
                     metrics["val_loss"] = self._validation_loss(val_dataset)
-                if tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last):
+                if evaluating:
                     metrics.update(self.recipe.evaluate(self.ema.averaged_model, self.epoch, self.global_step,
                                                         self.output_dir, logger))
             if self.epoch % tc.checkpoint_every == 0 or is_last or received:
