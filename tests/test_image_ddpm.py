@@ -358,3 +358,15 @@ def test_a_failing_evaluation_keeps_the_epochs_training(tmp_path, mnist_data, mo
         TrainingWorkspace(run_config("training.num_epochs=1", "training.rollout_every=1"), tmp_path).run()
     saved = load_checkpoint(tmp_path / "checkpoints" / "latest.ckpt")["training_state"]
     assert saved["global_step"] == 3 and saved["epoch"] == 1  # resumable after the crash, nothing retrained
+
+
+def test_the_shipped_checkpoint_samples_out_of_the_box(tmp_path):
+    """``python -m dpstack.generative.sample`` with no checkpoint argument loads pretrained/mnist_ddpm.ckpt."""
+    import imageio.v3 as iio
+
+    result = run("dpstack.generative.sample", "--steps", "2", "--n", "10", "--label", "3", "--guidance", "2",
+                 "--out", str(tmp_path / "threes.png"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert iio.imread(tmp_path / "threes.png").shape == ((30 - 2) * 2, (10 * 30 - 2) * 2)
+    model = load_image_model(REPO / "pretrained" / "mnist_ddpm.ckpt")
+    assert model.config.unet.num_classes == 10 and sum(p.numel() for p in model.parameters()) < 1e6
