@@ -174,7 +174,9 @@ class ImageDiffusion(nn.Module):
         scheduler = self.make_scheduler(sampler)
         shape = (n, self.channels, self.config.image_size, self.config.image_size)
         model = self.denoiser(labels, guidance_scale, with_variance=sampler == "ddpm")
-        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        # DDIM re-derives ε̂ from the clipped x̂_0 (as denoising-diffusion-pytorch does): with the raw ε̂ the
+        # step is inconsistent with its own x̂_0 and η = 0 got worse with more steps (FID 80 → 187, 20 → 100 steps).
+        kwargs = {"eta": eta, "use_clipped_model_output": True} if sampler == "ddim" else {}
         if noise is None:
             noise = randn(shape, generator, device=self.device)
         elif tuple(noise.shape) != shape:
