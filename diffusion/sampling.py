@@ -44,17 +44,21 @@ def drop_conditions(condition: torch.Tensor, null_condition: torch.Tensor, p: fl
     return torch.where(keep, condition, null_condition.to(condition).expand_as(condition))
 
 
-def classifier_free_guidance(model, condition, null_condition, guidance_scale: float):
+def classifier_free_guidance(model, condition, null_condition, guidance_scale: float,
+                             guided_channels: int | None = None):
     """Wrap ``model(x, t, cond)`` into ``f(x, t)`` returning ε̃ = ε(∅) + w·(ε(c) − ε(∅)).
 
     Both branches run as one batched call on [x; x] with [c; ∅]. w = 1 recovers the conditional model,
-    w = 0 the unconditional one.
+    w = 0 the unconditional one. With ``guided_channels`` k only the first k output channels are guided
+    (the prediction); the rest (a learned variance) come from the conditional branch.
     """
     null_condition = null_condition.to(condition).expand_as(condition)
     both_conditions = torch.cat([condition, null_condition])
 
     def guided(x, t):
         conditional, unconditional = model(torch.cat([x, x]), t, both_conditions).chunk(2)
-        return torch.lerp(unconditional, conditional, guidance_scale)
+        k = guided_channels if guided_channels is not None else conditional.shape[1]
+        mixed = torch.lerp(unconditional[:, :k], conditional[:, :k], guidance_scale)
+        return torch.cat([mixed, conditional[:, k:]], dim=1) if k < conditional.shape[1] else mixed
 
     return guided

@@ -25,6 +25,7 @@ from dpstack.diffusion import (
     DDIMScheduler,
     DDPMScheduler,
     NoiseSchedule,
+    classifier_free_guidance,
     drop_conditions,
     hybrid_loss,
     prediction_target,
@@ -132,18 +133,12 @@ class ImageDiffusion(nn.Module):
         With a learned variance only the prediction is guided; the variance comes from the conditional pass,
         and ``with_variance=False`` drops it (DDIM sets its own σ).
         """
-        c = self.channels
-        keep = slice(None) if with_variance else slice(0, c)
+        keep = slice(None) if with_variance else slice(0, self.channels)
         if labels is None or guidance_scale == 1.0:
             return lambda x, t: self.unet(x, t, labels)[:, keep]
-        null = torch.full_like(labels, self.config.unet.num_classes)
-
-        def guided(x, t):
-            conditional, unconditional = self.unet(torch.cat([x, x]), t, torch.cat([labels, null])).chunk(2)
-            guided_prediction = torch.lerp(unconditional[:, :c], conditional[:, :c], guidance_scale)
-            return torch.cat([guided_prediction, conditional[:, c:]], dim=1)[:, keep]
-
-        return guided
+        null = torch.tensor(self.config.unet.num_classes, device=labels.device)
+        guided = classifier_free_guidance(self.unet, labels, null, guidance_scale, guided_channels=self.channels)
+        return lambda x, t: guided(x, t)[:, keep]
 
     def make_scheduler(self, sampler: str = "ddim"):
         common = dict(num_train_timesteps=self.config.num_train_timesteps, beta_schedule=self.config.beta_schedule,
