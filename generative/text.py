@@ -54,10 +54,11 @@ def generate_text(model, prompt: str, length: int = 128, steps: int = 64, block_
 
 
 def evaluate_bits_per_char(model, n_windows: int = 500, n_t: int = 16, root=None, batch_size: int = 50,
-                           seed: int = 0) -> dict:
-    """Held-out bits/char over the first ``n_windows`` non-overlapping windows, with the standard error."""
+                           seed: int = 0, corpus=None) -> dict:
+    """Held-out bits/char over the first ``n_windows`` non-overlapping windows (of Tiny Shakespeare, or of the
+    text file ``corpus``), with the standard error."""
     windows = TextDataset("heldout", model.config.transformer.block_size, root=root, max_items=n_windows,
-                          tokenizer=tokenizer_of(model))
+                          tokenizer=tokenizer_of(model), corpus=corpus)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     values = []
     for start in range(0, len(windows), batch_size):
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--checkpoint", required=True)
     evaluate.add_argument("--windows", type=int, default=500)
     evaluate.add_argument("--n-t", type=int, default=16)
+    evaluate.add_argument("--corpus", default=None, help="a text file the model was trained on (default: Tiny "
+                          "Shakespeare), whose last 10 %% is held out")
     for command in (generate, evaluate):
         command.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_language_model(args.checkpoint)
         if args.command == "evaluate":
-            print(evaluate_bits_per_char(model, args.windows, args.n_t))
+            print(evaluate_bits_per_char(model, args.windows, args.n_t, corpus=args.corpus))
             return 0
         temperature = args.temperature if args.temperature is not None else (0.0 if model.kind == "masked" else 0.8)
         started = time.perf_counter()

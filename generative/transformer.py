@@ -63,11 +63,15 @@ class Transformer(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)
         nn.init.normal_(self.position, std=0.02)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(B, L) ids → (B, L, vocab) logits; L ≤ block_size."""
+    def features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids → (B, L, d_model) final LayerNorm'd states; L ≤ block_size (a text encoder's output)."""
         if tokens.shape[1] > self.config.block_size:
             raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds block_size={self.config.block_size}")
         h = self.embedding(tokens) + self.position[:tokens.shape[1]]
         for block in self.blocks:
             h = block(h)
-        return self.norm(h) @ self.embedding.weight.T
+        return self.norm(h)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids → (B, L, vocab) logits; L ≤ block_size."""
+        return self.features(tokens) @ self.embedding.weight.T

@@ -4,15 +4,20 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dpstack.generative.autoencoder import AutoencoderConfig
 from dpstack.generative.image_diffusion import ImageDiffusionConfig
+from dpstack.generative.latent_diffusion import TextToImageConfig
 from dpstack.generative.language_models import LanguageModelConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
-from dpstack.training.recipes import recipe_name
+from dpstack.training.recipes import TextToImageRecipe, recipe_name
 from dpstack.training.schema import RECIPE_SECTIONS, unknown_config_keys
 
 
 MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig), "image_diffusion": ("model", ImageDiffusionConfig),
-                 "language_model": ("model", LanguageModelConfig)}
+                 "language_model": ("model", LanguageModelConfig), "autoencoder": ("model", AutoencoderConfig),
+                 "text_to_image": ("model", TextToImageConfig)}
+# Estimated from the data when a text-to-image run starts (a value in the config would be overwritten).
+DERIVED_MODEL_KEYS = ("autoencoder", "latent_scale", "ink_thresholds")
 
 
 class ConfigError(ValueError):
@@ -40,11 +45,20 @@ def validate_config(cfg: DictConfig) -> None:
     problems = unknown_config_keys(OmegaConf.to_container(cfg, resolve=False))
     section, config_class = MODEL_CONFIGS[recipe]
     try:
-        config_class.from_dict(OmegaConf.to_container(cfg[section], resolve=True))
+        values = OmegaConf.to_container(cfg[section], resolve=True)
+        if recipe == "text_to_image" and not cfg.get("autoencoder_checkpoint") and "autoencoder" in cfg:
+            try:  # checked against the autoencoder it will train; that one's own errors come from its stage
+                values.setdefault("autoencoder", AutoencoderConfig.from_dict(
+                    OmegaConf.to_container(cfg.autoencoder.model, resolve=True)))
+            except (TypeError, ValueError):
+                pass
+        config_class.from_dict(values)
     except (TypeError, ValueError) as error:
         problems.append(str(error))
     if recipe == "policy":
         problems += _policy_problems(cfg)
+    if recipe == "text_to_image":
+        problems += _text_to_image_problems(cfg)
     tc = cfg.training
     for key in ("num_epochs", "batch_size", "checkpoint_every"):
         if not isinstance(tc[key], int) or tc[key] < 1:
@@ -70,4 +84,16 @@ def _policy_problems(cfg: DictConfig) -> list[str]:
     if cfg.task.obs_type != "lowdim" and cfg.task.dataset.get("align_to_goal", False):
         problems.append("task.dataset.align_to_goal is implemented for keypoint observations only (moved "
                         "demonstrations would need re-rendered images): set it to false for an image task")
+    return problems
+
+
+def _text_to_image_problems(cfg: DictConfig) -> list[str]:
+    problems = [f"model.{key} is set from the trained autoencoder and the data when training starts; remove it "
+                "from the config" for key in DERIVED_MODEL_KEYS if key in cfg.model]
+    if cfg.get("autoencoder_checkpoint"):
+        return problems
+    try:
+        validate_config(TextToImageRecipe(cfg).autoencoder_run_config())
+    except ConfigError as error:
+        problems += [f"autoencoder stage: {line.strip()[2:]}" for line in str(error).splitlines()[1:]] or [str(error)]
     return problems

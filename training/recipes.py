@@ -7,14 +7,20 @@ model of the project; a recipe, chosen by the config's top-level ``recipe`` key,
 - ``image_diffusion``: the MNIST image DDPM; evaluation = sample grid, bits/dim, classifier-FID.
 - ``language_model``: the character LMs on Tiny Shakespeare (masked diffusion or autoregressive);
   evaluation = held-out bits/char and a sample.
+- ``autoencoder``: the KL autoencoder of latent diffusion; evaluation = held-out reconstruction error.
+- ``text_to_image``: latent text-to-image diffusion; its autoencoder is a prerequisite stage (trained
+  first into ``<run>/autoencoder`` unless ``autoencoder_checkpoint`` names one); evaluation = prompt
+  accuracy on seen and held-out paraphrases, classifier-FID and a prompts × guidance picture.
 
-A model only needs ``compute_loss(batch, generator=None)`` and a ``config`` with ``to_dict()``.
+A model only needs ``compute_loss(batch, generator=None)`` and a ``config`` with ``to_dict()``. A recipe
+may list ``prerequisites(output_dir)``: runs (config, folder) the workspace trains, or resumes, first.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_RECIPE = "policy"
@@ -73,8 +79,8 @@ class PolicyRecipe:
         return metrics
 
 
-class ImageDiffusionRecipe:
-    """The MNIST image DDPM (``generative/``)."""
+class MNISTRecipe:
+    """The models trained on MNIST digits (training and held-out splits of ``task.split_scheme``)."""
 
     model_section = "model"
     config_key = "model_config"
@@ -88,6 +94,10 @@ class ImageDiffusionRecipe:
         task = self.cfg.task
         return (MNISTDataset("train", self.cfg.data_root, task.max_train_items, task.split_scheme),
                 MNISTDataset("heldout", self.cfg.data_root, task.max_val_items, task.split_scheme))
+
+
+class ImageDiffusionRecipe(MNISTRecipe):
+    """The MNIST image DDPM (``generative/``)."""
 
     def build_model(self, dataset):
         from dpstack.generative.image_diffusion import ImageDiffusion, ImageDiffusionConfig
@@ -144,7 +154,8 @@ class LanguageModelRecipe:
         from dpstack.generative.text import evaluate_bits_per_char, generate_text
 
         settings = self.cfg.eval
-        metrics = evaluate_bits_per_char(model, settings.n_windows, settings.n_t, self.cfg.data_root)
+        metrics = evaluate_bits_per_char(model, settings.n_windows, settings.n_t, self.cfg.data_root,
+                                         corpus=self.cfg.task.corpus)
         text = generate_text(model, settings.sample_prompt, settings.sample_length, settings.sample_steps, seed=0)
         sample = output_dir / "media" / f"sample_epoch_{epoch:04d}.txt"
         sample.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +163,92 @@ class LanguageModelRecipe:
         return {f"test/{key}": value for key, value in metrics.items()}
 
 
-RECIPES = {"policy": PolicyRecipe, "image_diffusion": ImageDiffusionRecipe, "language_model": LanguageModelRecipe}
+class AutoencoderRecipe(MNISTRecipe):
+    """The KL autoencoder of latent diffusion (``generative/autoencoder.py``)."""
+
+    def build_model(self, dataset):
+        from dpstack.generative.autoencoder import AutoencoderConfig, KLAutoencoder
+
+        config = AutoencoderConfig.from_dict(OmegaConf.to_container(self.cfg.model, resolve=True))
+        if dataset.image_size != (config.image_size, config.image_size):
+            raise ValueError(f"the data's images are {dataset.image_size}, model.image_size={config.image_size}")
+        return KLAutoencoder(config)
+
+    def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
+        """Reconstruction error of the held-out digits, and originals above reconstructions (PNG, wandb)."""
+        from dpstack.generative.evaluate import heldout_digits
+        from dpstack.generative.pictures import save_png, tile
+
+        images, _ = heldout_digits(None, self.cfg.data_root, self.cfg.task.split_scheme)
+        metrics = model.reconstruction_metrics(images)
+        with torch.no_grad():
+            reconstructed = model.decode(model.encode(images[:20].to(model.device))[0]).clamp(-1, 1).cpu()
+        picture = save_png(tile(torch.cat([images[:20], reconstructed]), 20, 2),
+                           output_dir / "media" / f"reconstructions_epoch_{epoch:04d}.png")
+        logger.log_images({"reconstructions": picture}, step)
+        return {f"test/{key}": value for key, value in metrics.items()}
+
+
+class TextToImageRecipe(MNISTRecipe):
+    """Latent text-to-image diffusion (``generative/latent_diffusion.py``) over a trained autoencoder."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self.autoencoder_path: Path | None = None
+
+    def autoencoder_run_config(self) -> DictConfig:
+        """The ``autoencoder`` section as a run config, with this run's data, device, threads, seed, progress
+        and logging mode."""
+        stage = OmegaConf.masked_copy(self.cfg.autoencoder, [k for k in self.cfg.autoencoder if k != "hydra"])
+        stage.data_root, stage.allow_download, stage.task = self.cfg.data_root, self.cfg.allow_download, self.cfg.task
+        for key in ("device", "num_threads", "seed", "progress"):
+            stage.training[key] = self.cfg.training[key]
+        stage.logging.mode = self.cfg.logging.mode
+        return stage
+
+    def prerequisites(self, output_dir: Path) -> list[tuple[DictConfig, Path]]:
+        if self.cfg.get("autoencoder_checkpoint"):
+            self.autoencoder_path = Path(self.cfg.autoencoder_checkpoint)
+            return []
+        self.autoencoder_path = Path(output_dir) / "autoencoder" / "checkpoints" / "latest.ckpt"
+        return [(self.autoencoder_run_config(), Path(output_dir) / "autoencoder")]
+
+    def build_model(self, dataset):
+        """The model around the trained autoencoder, with the latent scale s and the stroke-weight
+        thresholds estimated from the training digits."""
+        from dpstack.generative.autoencoder import latent_scale
+        from dpstack.generative.checkpoint import load_autoencoder
+        from dpstack.generative.latent_diffusion import LatentTextToImage, TextToImageConfig
+        from dpstack.generative.prompts import ink_thresholds
+
+        autoencoder = load_autoencoder(self.autoencoder_path)
+        batch = dataset.finalize_batch(dataset.gather(range(len(dataset))))
+        values = OmegaConf.to_container(self.cfg.model, resolve=True)
+        values["autoencoder"] = autoencoder.config.to_dict()
+        values["latent_scale"] = latent_scale(autoencoder, batch["image"], generator=torch.Generator().manual_seed(0))
+        values["ink_thresholds"] = ink_thresholds(batch["image"].flatten(1).mean(1), batch["label"])
+        model = LatentTextToImage(TextToImageConfig.from_dict(values))
+        model.autoencoder.load_state_dict(autoencoder.state_dict())
+        return model
+
+    def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
+        """Prompt accuracy (seen and held-out paraphrases) and classifier-FID at ``eval.guidance``, and the
+        prompts × guidance picture (PNG, wandb)."""
+        from dpstack.generative.txt2img_eval import evaluate_prompts, save_guidance_grid
+
+        settings = self.cfg.eval
+        picture = save_guidance_grid(model, output_dir / "media" / f"guidance_epoch_{epoch:04d}.png",
+                                     steps=settings.steps, seed=settings.seed)
+        logger.log_images({"prompts_by_guidance": picture}, step)
+        metrics = evaluate_prompts(model, settings.n_samples, settings.guidance, settings.sampler, settings.steps,
+                                   settings.eta, settings.seed, self.cfg.data_root, self.cfg.task.split_scheme,
+                                   progress=self.cfg.training.progress)
+        (output_dir / f"eval_epoch_{epoch:04d}.json").write_text(json.dumps(metrics, indent=2))
+        return {f"test/{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
+
+
+RECIPES = {"policy": PolicyRecipe, "image_diffusion": ImageDiffusionRecipe, "language_model": LanguageModelRecipe,
+           "autoencoder": AutoencoderRecipe, "text_to_image": TextToImageRecipe}
 
 
 def recipe_name(cfg) -> str:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, fields
 
 from dpstack.diffusion.ema import EMAModel
 from dpstack.evaluation.runner import RunnerConfig
+from dpstack.generative.autoencoder import AutoencoderConfig
 from dpstack.generative.image_diffusion import ImageDiffusionConfig
+from dpstack.generative.latent_diffusion import TextToImageConfig
 from dpstack.generative.language_models import LanguageModelConfig
 from dpstack.generative.transformer import TransformerConfig
 from dpstack.generative.unet2d import UNet2DConfig
@@ -83,6 +85,16 @@ class ImageEvalSection:  # the in-training evaluation; python -m dpstack.generat
 
 
 @dataclass
+class TextToImageEvalSection:    # the in-training evaluation; python -m dpstack.generative.txt2img_eval does sweeps
+    n_samples: int               # samples per prompt split (seen / held-out paraphrases)
+    guidance: float              # classifier-free guidance scale w
+    sampler: str
+    steps: int | None
+    eta: float
+    seed: int
+
+
+@dataclass
 class TextTaskSection:
     name: str
     corpus: str | None           # a text file to train on instead of Tiny Shakespeare (null: the corpus)
@@ -121,7 +133,8 @@ def _keys(schema) -> set[str]:
     return {f.name for f in fields(schema)}
 
 
-TOP_LEVEL_KEYS = {"recipe", "name", "task_name", "data_root", "allow_download"}
+TOP_LEVEL_KEYS = {"recipe", "name", "task_name", "data_root", "allow_download", "autoencoder_checkpoint"}
+A_RUN_CONFIG = "a run config"  # a section that is a whole run config of another recipe (a prerequisite stage)
 EMA_KEYS = {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")}
 COMMON_SECTIONS = {"training": TrainingSection, "ema": EMA_KEYS, "checkpoint": CheckpointSection,
                    "logging": LoggingSection}
@@ -132,9 +145,13 @@ RECIPE_SECTIONS = {
                         **COMMON_SECTIONS},
     "language_model": {"task": TextTaskSection, "model": LanguageModelConfig, "eval": TextEvalSection,
                        **COMMON_SECTIONS},
+    "autoencoder": {"task": ImageTaskSection, "model": AutoencoderConfig, **COMMON_SECTIONS},
+    "text_to_image": {"task": ImageTaskSection, "model": TextToImageConfig, "eval": TextToImageEvalSection,
+                      "autoencoder": A_RUN_CONFIG, **COMMON_SECTIONS},
 }
 RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection}, "image_diffusion": {("model", "unet"): UNet2DConfig},
-                 "language_model": {("model", "transformer"): TransformerConfig}}
+                 "language_model": {("model", "transformer"): TransformerConfig}, "autoencoder": {},
+                 "text_to_image": {("model", "unet"): UNet2DConfig, ("model", "text_encoder"): TransformerConfig}}
 
 
 def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
@@ -149,10 +166,12 @@ def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
 def unknown_config_keys(config: dict) -> list[str]:
     """One message per key of ``config`` (a plain dict, hydra's own section removed) that no code reads."""
     sections, nested_sections = RECIPE_SECTIONS[recipe_name(config)], RECIPE_NESTED[recipe_name(config)]
-    problems = _unknown(config, TOP_LEVEL_KEYS | set(sections), "")
+    problems = _unknown({k: v for k, v in config.items() if k != "hydra"}, TOP_LEVEL_KEYS | set(sections), "")
     for section, schema in sections.items():
         values = config.get(section)
         if not isinstance(values, dict):
+            continue
+        if schema == A_RUN_CONFIG:  # validated as its own run (training.config)
             continue
         allowed = schema if isinstance(schema, set) else _keys(schema)
         problems += _unknown(values, allowed, f"{section}.")

@@ -190,6 +190,15 @@ class TrainingWorkspace:
 
     # --- the loop ----------------------------------------------------------------------
     def run(self) -> dict:
+        """Train (or resume) the recipe's prerequisite runs, then this one; the final metrics."""
+        for stage_cfg, stage_dir in getattr(self.recipe, "prerequisites", lambda _: [])(self.output_dir):
+            print(f"prerequisite: the {stage_cfg.recipe} run in {stage_dir}")
+            stage_metrics = TrainingWorkspace(stage_cfg, stage_dir).run()
+            if "interrupted_by" in stage_metrics:
+                return stage_metrics
+        return self._run()
+
+    def _run(self) -> dict:
         cfg, tc = self.cfg, self.cfg.training
         self.loader_generator = seed_everything(tc.seed)
         if tc.num_threads:
