@@ -29,7 +29,7 @@ from dpstack.diffusion import (
     simple_loss,
 )
 from dpstack.generative.autoencoder import AutoencoderConfig, KLAutoencoder
-from dpstack.generative.prompts import PromptTokenizer, describe, stroke_weight_classes
+from dpstack.generative.prompts import PromptTokenizer, describe, longest_prompt_length, stroke_weight_classes
 from dpstack.generative.transformer import Transformer, TransformerConfig
 from dpstack.generative.unet2d import UNet2D, UNet2DConfig
 
@@ -74,8 +74,12 @@ class TextToImageConfig:
         if self.unet.learn_variance or self.unet.num_classes:
             problems.append("the latent U-Net has no class labels and no variance head (unet.num_classes=null, "
                             "unet.learn_variance=false)")
-        if not 0 <= self.condition_dropout < 1:
-            problems.append(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if not 0 < self.condition_dropout < 1:
+            problems.append(f"condition_dropout must be in (0, 1) (guidance needs the unconditional branch ε(∅) "
+                            f"trained), got {self.condition_dropout}")
+        if self.max_prompt_length < longest_prompt_length():
+            problems.append(f"max_prompt_length={self.max_prompt_length} is shorter than the longest training or "
+                            f"evaluation prompt ({longest_prompt_length()} characters)")
         if not self.latent_scale > 0:
             problems.append(f"latent_scale must be positive, got {self.latent_scale}")
         if problems:

@@ -37,6 +37,12 @@ def ink_thresholds(ink: torch.Tensor, labels: torch.Tensor, num_classes: int = 1
     return [[float(q) for q in torch.quantile(ink[labels == c], torch.tensor([0.3, 0.7]))] for c in range(num_classes)]
 
 
+def longest_prompt_length() -> int:
+    """The most characters any template can produce (the tokenizer's ``max_length`` must allow it)."""
+    word, adjective = max(NUMBER_WORDS, key=len), max((a for pair in ADJECTIVES.values() for a in pair), key=len)
+    return max(len(t.format(w=word, d="0", a=adjective)) for group in TEMPLATES.values() for t in group)
+
+
 def describe(label: int, weight: int, rng: np.random.Generator, split: str = "seen") -> str:
     """A random prompt for a digit of class ``label`` and stroke weight class ``weight`` (−1, 0, 1)."""
     templates = TEMPLATES[split]

@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.n < 1:
             raise ValueError(f"--n must be at least 1, got {args.n}")
+        if not Path(args.checkpoint).is_file():
+            raise CheckpointError(f"checkpoint {args.checkpoint} does not exist; train one with python train.py "
+                                  "--config-name=mnist_txt2img and pass --checkpoint <run>/checkpoints/latest.ckpt")
         model = load_text_to_image(args.checkpoint, args.device)
         generator = torch.Generator(device=model.device).manual_seed(args.seed)
         images = model.sample([args.prompt] * args.n, args.guidance, args.sampler, args.steps or None, args.eta,

@@ -94,7 +94,7 @@ def evaluate_prompts(model, n_samples: int = 1000, guidance_scale: float = 3.0, 
 def save_guidance_grid(model, path, prompts=GRID_PROMPTS, guidance_scales=GUIDANCE_SCALES, per_cell: int = 2,
                        steps: int | None = 20, seed: int = 0, scale: int = 2) -> Path:
     """Rows: prompts; column blocks: guidance scales (``per_cell`` samples each), the same z_T along a row."""
-    generator = torch.Generator(device=model.device).manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)  # z_T drawn on the CPU, then moved: the same on any device
     size, channels = model.config.autoencoder.latent_size, model.config.autoencoder.latent_channels
     noise = torch.randn((len(prompts) * per_cell, channels, size, size), generator=generator).to(model.device)
     repeated = [prompt for prompt in prompts for _ in range(per_cell)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from dpstack.diffusion.checkpoint_io import load_checkpoint
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from dpstack.generative.autoencoder import AutoencoderConfig, KLAutoencoder, latent_scale
 from dpstack.generative.checkpoint import export_model, load_text_to_image
 from dpstack.generative.latent_diffusion import LatentTextToImage, TextToImageConfig
@@ -173,6 +173,17 @@ def test_config_errors_name_the_stage_and_the_derived_keys():
         run_config("+model.latent_scale=0.5")
     with pytest.raises(ConfigError, match="unet.in_channels=3 must equal autoencoder.latent_channels=4"):
         run_config("model.unet.in_channels=3")
+    with pytest.raises(ConfigError, match="eval.sampler must be ddim or ddpm, got 'ddmi'"):
+        run_config("eval.sampler=ddmi")
+    with pytest.raises(ConfigError, match="autoencoder.recipe must be autoencoder"):
+        run_config("autoencoder.recipe=image_diffusion")
+    with pytest.raises(ConfigError, match="autoencoder_checkpoint=missing.ckpt does not exist"):
+        run_config("autoencoder_checkpoint=missing.ckpt")
+    with pytest.raises(ConfigError, match="max_prompt_length=12 is shorter than the longest"):
+        run_config("model.max_prompt_length=12", "model.text_encoder.block_size=13")
+    with pytest.raises(ConfigError, match="unknown key autoencoder_checkpoint"):
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+            validate_config(compose(config_name="mnist_ddpm", overrides=["+autoencoder_checkpoint=x"]))
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +208,14 @@ def test_two_stage_run_trains_the_autoencoder_first_and_resumes_without_retraini
     modified = stage.stat().st_mtime_ns
     assert TrainingWorkspace(run_config(), out).run() == {}  # both runs finished: nothing retrains
     assert stage.stat().st_mtime_ns == modified
+    with pytest.raises(CheckpointError, match="different autoencoder_checkpoint"):
+        TrainingWorkspace(run_config("training.num_epochs=2", f"autoencoder_checkpoint={stage}"), out).run()
+    other = KLAutoencoder(AutoencoderConfig(channels=(8, 8, 8)))  # the stage's file replaced by another autoencoder
+    payload = load_checkpoint(stage)
+    payload["state_dicts"]["ema_model"] = other.state_dict()
+    save_checkpoint(payload, stage)
+    with pytest.raises(CheckpointError, match="trained over another autoencoder"):
+        TrainingWorkspace(run_config("training.num_epochs=2"), out).run()
 
 
 def test_txt2img_cli_writes_a_png_and_refuses_bad_prompts(tmp_path, tiny_run):

@@ -1,6 +1,8 @@
 """Checks a run config before any work starts, so a typo fails in a second with a clear message."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -90,10 +92,26 @@ def _policy_problems(cfg: DictConfig) -> list[str]:
 def _text_to_image_problems(cfg: DictConfig) -> list[str]:
     problems = [f"model.{key} is set from the trained autoencoder and the data when training starts; remove it "
                 "from the config" for key in DERIVED_MODEL_KEYS if key in cfg.model]
-    if cfg.get("autoencoder_checkpoint"):
+    settings, steps_limit = cfg.eval, cfg.model.num_train_timesteps
+    if settings.sampler not in ("ddim", "ddpm"):
+        problems.append(f"eval.sampler must be ddim or ddpm, got {settings.sampler!r}")
+    if settings.steps is not None and not (isinstance(settings.steps, int) and 1 <= settings.steps <= steps_limit):
+        problems.append(f"eval.steps must be null (all {steps_limit}) or in 1..{steps_limit}, got {settings.steps!r}")
+    if not settings.guidance >= 0:
+        problems.append(f"eval.guidance must be ≥ 0, got {settings.guidance!r}")
+    if not (isinstance(settings.n_samples, int) and settings.n_samples >= 1):
+        problems.append(f"eval.n_samples must be a positive integer, got {settings.n_samples!r}")
+    given = cfg.get("autoencoder_checkpoint")
+    if given:
+        if not Path(given).is_file():
+            problems.append(f"autoencoder_checkpoint={given} does not exist; train one with python train.py "
+                            "--config-name=mnist_autoencoder, or set it to null to train the stage first")
         return problems
+    if cfg.autoencoder.get("recipe") != "autoencoder":
+        return problems + [f"autoencoder.recipe must be autoencoder, got {cfg.autoencoder.get('recipe')!r}"]
     try:
         validate_config(TextToImageRecipe(cfg).autoencoder_run_config())
     except ConfigError as error:
-        problems += [f"autoencoder stage: {line.strip()[2:]}" for line in str(error).splitlines()[1:]] or [str(error)]
+        lines = str(error).splitlines()
+        problems += [f"autoencoder stage: {line.strip().removeprefix('- ')}" for line in lines[1:] or lines]
     return problems

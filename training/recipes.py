@@ -192,6 +192,8 @@ class AutoencoderRecipe(MNISTRecipe):
 class TextToImageRecipe(MNISTRecipe):
     """Latent text-to-image diffusion (``generative/latent_diffusion.py``) over a trained autoencoder."""
 
+    resume_keys = ("autoencoder_checkpoint",)
+
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
         self.autoencoder_path: Path | None = None
@@ -225,11 +227,27 @@ class TextToImageRecipe(MNISTRecipe):
         batch = dataset.finalize_batch(dataset.gather(range(len(dataset))))
         values = OmegaConf.to_container(self.cfg.model, resolve=True)
         values["autoencoder"] = autoencoder.config.to_dict()
+        values["unet"]["in_channels"] = autoencoder.config.latent_channels  # a given checkpoint's, not the section's
         values["latent_scale"] = latent_scale(autoencoder, batch["image"], generator=torch.Generator().manual_seed(0))
         values["ink_thresholds"] = ink_thresholds(batch["image"].flatten(1).mean(1), batch["label"])
         model = LatentTextToImage(TextToImageConfig.from_dict(values))
         model.autoencoder.load_state_dict(autoencoder.state_dict())
         return model
+
+    def check_resume(self, payload: dict, model, path: Path) -> None:
+        """Refuse to resume over another autoencoder (another latent space): its weights and the values derived
+        from it (latent scale, ink thresholds, its config) must be those the run started with."""
+        from dpstack.diffusion.checkpoint_io import CheckpointError
+
+        saved_weights = payload["state_dicts"]["model"]
+        now = model.autoencoder.state_dict()
+        same_weights = all(torch.equal(saved_weights[f"autoencoder.{key}"], value) for key, value in now.items())
+        saved = {key: payload["model_config"][key] for key in ("autoencoder", "latent_scale", "ink_thresholds")}
+        current = {key: model.config.to_dict()[key] for key in saved}
+        if not same_weights or saved != current:
+            raise CheckpointError(f"{path} was trained over another autoencoder than {self.autoencoder_path} holds "
+                                  "now (a changed autoencoder stage or checkpoint); resume with the autoencoder it "
+                                  "started with, or start a new output dir")
 
     def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
         """Prompt accuracy (seen and held-out paraphrases) and classifier-FID at ``eval.guidance``, and the

@@ -133,7 +133,8 @@ def _keys(schema) -> set[str]:
     return {f.name for f in fields(schema)}
 
 
-TOP_LEVEL_KEYS = {"recipe", "name", "task_name", "data_root", "allow_download", "autoencoder_checkpoint"}
+TOP_LEVEL_KEYS = {"recipe", "name", "task_name", "data_root", "allow_download"}
+RECIPE_TOP_LEVEL_KEYS = {"text_to_image": {"autoencoder_checkpoint"}}
 A_RUN_CONFIG = "a run config"  # a section that is a whole run config of another recipe (a prerequisite stage)
 EMA_KEYS = {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")}
 COMMON_SECTIONS = {"training": TrainingSection, "ema": EMA_KEYS, "checkpoint": CheckpointSection,
@@ -166,7 +167,8 @@ def _unknown(values: dict, allowed: set[str], prefix: str) -> list[str]:
 def unknown_config_keys(config: dict) -> list[str]:
     """One message per key of ``config`` (a plain dict, hydra's own section removed) that no code reads."""
     sections, nested_sections = RECIPE_SECTIONS[recipe_name(config)], RECIPE_NESTED[recipe_name(config)]
-    problems = _unknown({k: v for k, v in config.items() if k != "hydra"}, TOP_LEVEL_KEYS | set(sections), "")
+    allowed = TOP_LEVEL_KEYS | RECIPE_TOP_LEVEL_KEYS.get(recipe_name(config), set()) | set(sections)
+    problems = _unknown({k: v for k, v in config.items() if k != "hydra"}, allowed, "")
     for section, schema in sections.items():
         values = config.get(section)
         if not isinstance(values, dict):

@@ -147,7 +147,8 @@ class TrainingWorkspace:
     def _check_compatible(self, payload: dict, path: Path) -> None:
         saved = _with_later_settings(payload["config"])
         current = _with_later_settings(OmegaConf.to_container(self.cfg, resolve=True))
-        differing = [key for key in ("recipe", self.recipe.model_section, "task") if saved.get(key) != current.get(key)]
+        keys = ("recipe", self.recipe.model_section, "task", *getattr(self.recipe, "resume_keys", ()))
+        differing = [key for key in keys if saved.get(key) != current.get(key)]
         if differing:
             raise CheckpointError(f"{path} was written by a run with a different {' and '.join(differing)} config; "
                                   f"resume it with its own config or start a new output dir")
@@ -155,6 +156,8 @@ class TrainingWorkspace:
     def _resume(self, path: Path) -> None:
         payload = load_checkpoint(path, map_location=self.device)
         self._check_compatible(payload, path)
+        if hasattr(self.recipe, "check_resume"):
+            self.recipe.check_resume(payload, self.model, path)
         states, position = payload["state_dicts"], payload["training_state"]
         self.model.load_state_dict(states["model"])
         self.ema.averaged_model.load_state_dict(states["ema_model"])
