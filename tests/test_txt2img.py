@@ -237,3 +237,22 @@ def test_txt2img_cli_writes_a_png_and_refuses_bad_prompts(tmp_path, tiny_run):
     result = cli("x" * 41, "--steps", "2")
     assert result.returncode == 2 and "at most 40 are allowed" in result.stderr
     assert cli("", "--steps", "2", "--n", "1", "--out", str(tmp_path / "any.png")).returncode == 0  # ∅: unconditional
+
+
+def test_the_shipped_model_draws_the_asked_for_digit_out_of_the_box(tmp_path):
+    """``python -m dpstack.generative.txt2img`` with no --checkpoint loads pretrained/mnist_txt2img.ckpt, and
+    the MNIST classifier recognises the prompted digit in the shipped model's guided samples."""
+    import imageio.v3 as iio
+
+    from dpstack.generative.classifier import load_classifier, predict_features
+
+    result = subprocess.run([sys.executable, "-m", "dpstack.generative.txt2img", "a handwritten seven", "--steps",
+                             "5", "--n", "2", "--out", str(tmp_path / "seven.png")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert iio.imread(tmp_path / "seven.png").shape == (28 * 4, (2 * 30 - 2) * 4)
+    model = load_text_to_image(REPO / "pretrained" / "mnist_txt2img.ckpt")
+    prompts = [f"a handwritten {digit}" for digit in range(10)] * 3
+    images = model.sample(prompts, 3.0, "ddim", 10, generator=torch.Generator().manual_seed(0))
+    _, predicted = predict_features(load_classifier()[0], images)
+    assert (predicted == torch.arange(10).repeat(3)).float().mean() >= 0.8
