@@ -26,6 +26,7 @@ setup(
         "console_scripts": [
             "policy_node = real_robot.policy_node:main",
             "sim_robot = real_robot.sim_robot:main",
+            "recorder = real_robot.recorder:main",
         ],
     },
 )

@@ -59,7 +59,7 @@ def call(node, srv_type, name, request, timeout=10.0):
 
 def test_colcon_install_tree(install):
     prefix = install
-    for executable in ("policy_node", "sim_robot"):
+    for executable in ("policy_node", "sim_robot", "recorder"):
         assert os.access(prefix / "lib" / "real_robot" / executable, os.X_OK)
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "real_robot").is_file()
     assert (prefix / "share" / "real_robot" / "package.xml").is_file()

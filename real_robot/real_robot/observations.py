@@ -41,13 +41,18 @@ TEE_KEYPOINTS = np.array([
 ])
 
 
-def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
-    """Block keypoints from the block's table-frame pose (position + yaw): R(θ) k + (x, y) for each keypoint."""
+def block_pose_pixels(msg, calibration: PlanarCalibration) -> np.ndarray:
+    """The block's (x, y, θ) in the training frame from its table-frame pose (position + yaw)."""
     q = msg.pose.orientation
     xy = calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y]))
-    theta = calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))
+    return np.array([xy[0], xy[1], calibration.angle_to_pixels(yaw_of_quaternion((q.x, q.y, q.z, q.w)))])
+
+
+def keypoints_from_pose(msg, calibration: PlanarCalibration) -> np.ndarray:
+    """Block keypoints from the block's table-frame pose: R(θ) k + (x, y) for each keypoint."""
+    x, y, theta = block_pose_pixels(msg, calibration)
     cos, sin = np.cos(theta), np.sin(theta)
-    return (TEE_KEYPOINTS @ np.array([[cos, sin], [-sin, cos]]) + xy).reshape(-1)
+    return (TEE_KEYPOINTS @ np.array([[cos, sin], [-sin, cos]]) + (x, y)).reshape(-1)
 
 
 def _linear_taps(source_size: int, size: int):
