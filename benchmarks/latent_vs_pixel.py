@@ -9,7 +9,9 @@ Both models as shipped (their configs' networks), one process, interleaved repea
 - sampling: seconds per image for a batch of 100 conditional images with classifier-free guidance (w = 3,
   two network passes per step, DDIM η = 0 at ``--steps``), the latent model's including the text encoder and
   the decoder.
-Quality beside the timings comes from each model's own evaluation (BENCHMARKS.md).
+- quality at the same sampler settings (``--quality N``, default 1000): classifier-FID against the held-out
+  digits and the classifier's accuracy on the asked-for digit, for N samples of each (pixel: labels 0–9 in
+  turn; latent: the evaluation's seen-template prompts for the same digits).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ import torch
 
 from dpstack.datasets.mnist import MNISTDataset
 from dpstack.generative.checkpoint import load_image_model, load_text_to_image
+from dpstack.generative.evaluate import cycled_labels, generate, heldout_digits, sample_quality
+from dpstack.generative.txt2img_eval import evaluation_prompts
+from dpstack.generative.txt2img_eval import generate as generate_from_prompts
 
 BATCH = 128
 SAMPLES = 100
@@ -64,6 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-steps", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--quality", type=int, default=1000, help="samples per model for FID / accuracy (0: skip)")
     args = parser.parse_args()
     data = MNISTDataset("train")
     generator = torch.Generator().manual_seed(0)
@@ -95,6 +101,17 @@ def main() -> None:
         print(f"{threads:>7} {rate['pixel']:>18.1f} {rate['latent']:>8.1f} {rate['latent'] / rate['pixel']:>6.2f} "
               f"{1e3 * seconds['pixel']:>20.2f} {1e3 * seconds['latent']:>8.2f} "
               f"{seconds['pixel'] / seconds['latent']:>6.2f}")
+    if args.quality:
+        torch.set_num_threads(args.threads[0])
+        reference, _ = heldout_digits()
+        labels = cycled_labels(args.quality, 10)
+        pixel = generate(models["pixel"], args.quality, "ddim", args.steps, 0.0, labels, 3.0, seed=0, progress=False)
+        prompts, prompt_labels, _ = evaluation_prompts(args.quality, "seen", seed=0)
+        latent = generate_from_prompts(models["latent"], prompts, 3.0, "ddim", args.steps, seed=0, progress=False)
+        for name, images, asked in (("pixel", pixel, labels), ("latent", latent, prompt_labels)):
+            quality = sample_quality(images, reference, asked)
+            print(f"{name}: classifier-FID {quality['classifier_fid']:.1f}, {100 * quality['class_accuracy']:.1f} % "
+                  f"recognised ({args.quality} samples, DDIM-{args.steps}, w = 3)")
     print(f"load average after: {os.getloadavg()[0]:.2f}")
 
 

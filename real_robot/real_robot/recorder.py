@@ -27,7 +27,7 @@ import numpy as np
 from real_robot.control import coerce
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import block_pose_pixels, image_from_msg, keypoints_from_pose
-from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
+from real_robot.signals import run_node
 
 PARAMETERS = {
     "output": ("str", "data/robot_demos/pusht/pusht_cchi_v7_replay.zarr"),
@@ -163,31 +163,7 @@ class RecorderNode:
 
 
 def main(args=None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-
-    init_with_interrupts(rclpy, args)
-    try:
-        recorder = RecorderNode()
-    except KeyboardInterrupt:
-        shutdown(rclpy)
-        return 130
-    except Exception as error:
-        print(f"recorder: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        shutdown(rclpy)
-        return 2
-    executor = MultiThreadedExecutor()
-    executor.add_node(recorder.node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        ignore_interrupts()
-        executor.shutdown()
-        recorder.node.destroy_node()
-        shutdown(rclpy)
-    return 0
+    return run_node(RecorderNode, "recorder", args, multithreaded=True)
 
 
 if __name__ == "__main__":

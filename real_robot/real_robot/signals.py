@@ -31,3 +31,36 @@ def ignore_interrupts() -> None:
 def shutdown(rclpy) -> None:
     if rclpy.ok():
         rclpy.shutdown()
+
+
+def run_node(build, name: str, args=None, multithreaded: bool = False) -> int:
+    """A package process: rclpy started with the interrupts above, ``build()`` (an object with ``.node``) spun
+    until Ctrl-C / SIGTERM / an external shutdown. Exit status 0; 130 when stopped while starting; 2 (the
+    error on stderr) when ``build`` refuses, e.g. its parameters."""
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+    init_with_interrupts(rclpy, args)
+    try:
+        built = build()
+    except KeyboardInterrupt:  # stopped while starting
+        shutdown(rclpy)
+        return 130
+    except Exception as error:
+        print(f"{name}: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        shutdown(rclpy)
+        return 2
+    executor = MultiThreadedExecutor() if multithreaded else SingleThreadedExecutor()
+    executor.add_node(built.node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        ignore_interrupts()
+        executor.shutdown()
+        built.node.destroy_node()
+        shutdown(rclpy)
+    return 0

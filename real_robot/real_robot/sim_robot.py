@@ -27,7 +27,7 @@ import numpy as np
 from real_robot.control import coerce, sample_trajectory
 from real_robot.arms import make_arm
 from real_robot.kinematics import PlanarCalibration, quaternion_from_yaw
-from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
+from real_robot.signals import run_node
 
 PARAMETERS = {
     "seed": ("int", 100000),
@@ -210,31 +210,7 @@ class SimRobot:
 
 
 def main(args=None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-
-    init_with_interrupts(rclpy, args)
-    try:
-        sim = SimRobot()
-    except KeyboardInterrupt:  # stopped while starting
-        shutdown(rclpy)
-        return 130
-    except Exception as error:
-        print(f"sim_robot: error: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        shutdown(rclpy)
-        return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(sim.node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        ignore_interrupts()
-        executor.shutdown()
-        sim.node.destroy_node()
-        shutdown(rclpy)
-    return 0
+    return run_node(SimRobot, "sim_robot", args)
 
 
 if __name__ == "__main__":
