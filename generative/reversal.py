@@ -4,10 +4,10 @@ curse"; LLaDA reports that masked diffusion is less affected).
 Synthetic names A_i, B_i (random syllables, fixed seed). Every pair is taught forward, "A_i's parent is B_i.";
 the first half of the pairs is also taught backward, "B_i's child is A_i.", so the model knows the backward
 form. The test queries the second half backward, "B_i's child is ", which was never seen for them, and
-counts exact answers A_i; the taught half's backward queries are the control.
+counts exact answers A_i; the taught half's backward queries and all forward queries are the controls.
 
     python -m dpstack.generative.reversal write --out data/reversal.txt
-    python -m dpstack.generative.reversal score --checkpoint RUN/checkpoints/latest.ckpt --facts data/reversal.txt
+    python -m dpstack.generative.reversal score --checkpoint RUN/checkpoints/latest.ckpt
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ class FactSet:
         lines *= repeats
         random.Random(seed).shuffle(lines)
         return lines
+
+    def forward_queries(self) -> list[tuple[str, str]]:
+        """(prompt, expected answer) of the taught direction, "A's parent is " → B: does the model know the facts?"""
+        return [(f"{a}'s parent is ", b) for a, b in self.pairs]
 
     def queries(self, held_out: bool = True) -> list[tuple[str, str]]:
         """(prompt, expected answer) of the backward queries: the untaught half, or the taught control half."""
@@ -60,10 +64,11 @@ def answer(model, tokenizer, prompt: str, length: int, steps: int | None = None)
 
 
 def score(model, tokenizer, facts: FactSet) -> dict:
-    """Exact-match accuracy of the backward queries, untaught and taught."""
+    """Exact-match accuracy of the backward queries, untaught (the test) and taught, and of the forward
+    queries (the controls: a model that fails them has not learned the facts at all)."""
     result = {}
-    for held_out, key in ((True, "reversal_accuracy"), (False, "taught_backward_accuracy")):
-        queries = facts.queries(held_out)
+    for key, queries in (("reversal_accuracy", facts.queries(True)), ("taught_backward_accuracy",
+                         facts.queries(False)), ("forward_accuracy", facts.forward_queries())):
         hits = sum(answer(model, tokenizer, prompt, len(expected)) == expected for prompt, expected in queries)
         result[key] = hits / len(queries)
     return result

@@ -187,11 +187,13 @@ def test_reversal_fact_set_and_scoring():
 
         def generate(self, ids, gen_length, **unused):
             prompt = tokenizer.decode(ids)
-            return tokenizer.encode({f"{b}'s child is ": a for a, b in facts.pairs}[prompt])
+            known = {f"{b}'s child is ": a for a, b in facts.pairs} | {f"{a}'s parent is ": b for a, b in facts.pairs}
+            return tokenizer.encode(known[prompt])
 
     tokenizer = CharTokenizer("".join(lines))
     assert answer(Oracle(), tokenizer, untaught[0][0], len(untaught[0][1])) == untaught[0][1]
-    assert score(Oracle(), tokenizer, facts) == {"reversal_accuracy": 1.0, "taught_backward_accuracy": 1.0}
+    assert score(Oracle(), tokenizer, facts) == {"reversal_accuracy": 1.0, "taught_backward_accuracy": 1.0,
+                                                 "forward_accuracy": 1.0}
 
 
 @pytest.mark.parametrize("name, most_bits", [("shakespeare_mdlm", 3.6), ("shakespeare_ar", 2.5)])
