@@ -108,6 +108,12 @@ class KLAutoencoder(nn.Module):
         mean, log_variance = self.encoder(x).chunk(2, dim=1)
         return mean, log_variance.clamp(-30.0, 20.0)
 
+    @staticmethod
+    def sample_posterior(mean: torch.Tensor, log_variance: torch.Tensor, generator=None) -> torch.Tensor:
+        """z = μ + σ ε, ε ~ N(0, I) (reparameterised)."""
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + (0.5 * log_variance).exp() * noise
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)
 
@@ -120,8 +126,7 @@ class KLAutoencoder(nn.Module):
         """The module docstring's L on ``{"image": (B, C, H, W) in [−1, 1]}``."""
         x = batch["image"]
         mean, log_variance = self.encode(x)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        reconstruction = self.decode(mean + (0.5 * log_variance).exp() * noise)
+        reconstruction = self.decode(self.sample_posterior(mean, log_variance, generator))
         squared_error = (x - reconstruction).pow(2).flatten(1).sum(1)
         kl = self.kl_to_standard_normal(mean, log_variance)
         return ((squared_error + self.config.kl_weight * kl) / x[0].numel()).mean()
@@ -148,8 +153,7 @@ def latent_scale(autoencoder: KLAutoencoder, images: torch.Tensor, batch_size: i
     """1 / std of z ~ q(z | x) over ``images`` (LDM's scale factor: the diffusion model sees unit-variance latents)."""
     samples = []
     for chunk in images.split(batch_size):
-        mean, log_variance = autoencoder.encode(chunk.to(autoencoder.device))
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-        samples.append((mean + (0.5 * log_variance).exp() * noise).flatten().cpu())
+        samples.append(autoencoder.sample_posterior(*autoencoder.encode(chunk.to(autoencoder.device)),
+                                                    generator).flatten().cpu())
     return float(1.0 / torch.cat(samples).double().std())
 

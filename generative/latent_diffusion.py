@@ -122,9 +122,7 @@ class LatentTextToImage(nn.Module):
     @torch.no_grad()
     def encode_images(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         """z_0 = s · z, z ~ q(z | x)."""
-        mean, log_variance = self.autoencoder.encode(x)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return (mean + (0.5 * log_variance).exp() * noise) * self.config.latent_scale
+        return self.autoencoder.sample_posterior(*self.autoencoder.encode(x), generator) * self.config.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, z0: torch.Tensor) -> torch.Tensor:

@@ -52,12 +52,13 @@ class ConfigError(ValueError):
     """An invalid parameter combination; the node exits with it."""
 
 
-def read_parameters(node) -> Dict[str, object]:
-    """Declare every parameter on ``node`` and return their coerced values."""
+def read_parameters(node, parameters: Dict[str, tuple] = PARAMETERS) -> Dict[str, object]:
+    """Declare every parameter of ``parameters`` (name -> (kind, default); the policy node's by default) on
+    ``node`` and return their coerced values."""
     from rcl_interfaces.msg import ParameterDescriptor
 
     values = {}
-    for name, (kind, default) in PARAMETERS.items():
+    for name, (kind, default) in parameters.items():
         node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
         raw = node.get_parameter(name).value
         value = default if raw is None else raw

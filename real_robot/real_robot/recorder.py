@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from real_robot.control import coerce
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import block_pose_pixels, image_from_msg, keypoints_from_pose
+from real_robot.params import read_parameters
 from real_robot.signals import run_node
 
 PARAMETERS = {
@@ -61,7 +61,6 @@ class EpisodeSteps:
 
 class RecorderNode:
     def __init__(self, node_name: str = "recorder") -> None:
-        from rcl_interfaces.msg import ParameterDescriptor
         from geometry_msgs.msg import PoseStamped
         from rclpy.node import Node
         from rclpy.qos import qos_profile_sensor_data
@@ -71,10 +70,7 @@ class RecorderNode:
         from dpstack.datasets.replay_buffer import ReplayBuffer
 
         self.node = node = Node(node_name)
-        p = {}
-        for name, (kind, default) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
-            p[name] = coerce(name, node.get_parameter(name).value, kind)
+        p = read_parameters(node, PARAMETERS)
         if not p["rate_hz"] > 0 or not p["max_age_s"] > 0:
             raise ValueError("rate_hz and max_age_s must be positive")
         self.p = p

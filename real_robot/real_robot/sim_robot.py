@@ -24,9 +24,10 @@ import threading
 
 import numpy as np
 
-from real_robot.control import coerce, sample_trajectory
+from real_robot.control import sample_trajectory
 from real_robot.arms import make_arm
 from real_robot.kinematics import PlanarCalibration, quaternion_from_yaw
+from real_robot.params import read_parameters
 from real_robot.signals import run_node
 
 PARAMETERS = {
@@ -49,7 +50,6 @@ PARAMETERS = {
 
 class SimRobot:
     def __init__(self, node_name: str = "sim_robot") -> None:
-        from rcl_interfaces.msg import ParameterDescriptor
         from rclpy.node import Node
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import Image, JointState
@@ -59,12 +59,7 @@ class SimRobot:
         from dpstack.envs.pusht_env import PushTEnv
 
         self.node = node = Node(node_name)
-        p = {}
-        for name, (kind, default) in PARAMETERS.items():
-            node.declare_parameter(name, default, ParameterDescriptor(dynamic_typing=True))
-            value = node.get_parameter(name).value
-            p[name] = None if value is None else coerce(name, value, kind)
-        self.p = p
+        self.p = p = read_parameters(node, PARAMETERS)
         if p["ur_model"] is not None:
             raise ValueError(f"parameter 'ur_model' was renamed: set arm_model: {p['ur_model']} instead")
         self.calibration = PlanarCalibration(p["pixel_to_table"], p["table_height"], p["tool_orientation"])
