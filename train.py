@@ -5,6 +5,9 @@ Policy by default, ``image_diffusion`` for the MNIST DDPM); outputs go to
 ``data/outputs/<date>/<time>_<name>_<task>`` (checkpoints, logs, rollout videos or sample grids). Running again with the
 same ``hydra.run.dir=<that folder>`` continues from its ``checkpoints/latest.ckpt`` (``training.resume``
 is true by default; ``training.resume=false`` starts over in that folder).
+
+``torchrun --nproc_per_node=N train.py ...`` trains the same config on N processes with DistributedDataParallel
+(``training.batch_size`` stays the global batch; see ``training/distributed.py``).
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from dpstack.training.cli import exit_on_user_error
+from dpstack.training.cli import exit_on_user_error, remove_if_unused
 from dpstack.training.config import validate_config
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -42,15 +45,32 @@ def config_summaries() -> list[str]:
     return lines
 
 
+def shared_output_dir(own: Path, main_rank: str) -> Path:
+    """Rank 0's run folder; this rank's own, if hydra made a different one, is removed while still empty."""
+    if Path(main_rank) != own:
+        remove_if_unused(own)
+    return Path(main_rank)
+
+
 @hydra.main(version_base=None, config_path="configs", config_name=DEFAULT_CONFIG)
 def main(cfg: DictConfig) -> None:
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     with exit_on_user_error(output_dir):
+        from dpstack.training import distributed
         from dpstack.training.workspace import TrainingWorkspace
 
         validate_config(cfg)
-        print(f"output dir: {output_dir}")
-        metrics = TrainingWorkspace(cfg, output_dir).run()
+        topology, cfg.training.device = distributed.start(cfg.training.device)
+        try:
+            if topology.enabled:  # ranks started in different seconds name different dated folders: rank 0's wins
+                output_dir = shared_output_dir(output_dir, distributed.broadcast(str(output_dir)))
+            if topology.is_main:
+                print(f"output dir: {output_dir}" + (f" ({topology.world_size} processes)" if topology.enabled else ""))
+            metrics = TrainingWorkspace(cfg, output_dir).run()
+        finally:
+            distributed.stop()
+        if not topology.is_main:
+            return
     print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=2))
     if "interrupted_by" in metrics:  # saved and resumable; exit as the signal would have
         raise SystemExit(128 + signal.Signals[metrics["interrupted_by"]].value)

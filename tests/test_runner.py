@@ -23,7 +23,7 @@ def test_paper_protocol_defaults():
     assert episodes[6:] == [("test", 100000 + i) for i in range(50)]
 
 
-@pytest.mark.parametrize("n_workers", [0, None])
+@pytest.mark.parametrize("n_workers", [0, None, 2])
 def test_metric_on_scripted_episodes(n_workers, tmp_path):
     config = RunnerConfig(n_test=5, n_train=1, n_envs=3, n_workers=n_workers, max_steps=20,
                           n_test_videos=1, n_train_videos=0)
@@ -61,6 +61,26 @@ def test_crashed_worker_is_replaced_and_reported():
         assert "died" in failures[0].reason or "broken" in failures[0].reason
         answers, failures = pool.call_all("reset", [5], [1])  # the replacement works
         assert not failures and pool.restarts == 1
+
+
+def test_a_crash_fails_every_env_its_worker_hosted():
+    """Two workers for five envs ({0, 1, 2} and {3, 4}): a crash during a call that touches only slot 0 fails
+    slot 0 at once and slots 1 and 2 at their next step (their env state died with the process); the other
+    worker's envs carry on, and a reset brings the lost slots back."""
+    with WorkerEnvPool(5, dict(obs_type="keypoints"), n_workers=2, timeout=20) as pool:
+        assert pool.groups == [[0, 1, 2], [3, 4]]
+        _, failures = pool.call_all("reset", list(range(5)), list(range(5)))
+        assert not failures
+        pool.crash_worker(0)
+        _, failures = pool.call_all("render", [None], [0])
+        assert [f.slot for f in failures] == [0] and pool.restarts == 1
+        answers, failures = pool.call_all("step", [np.array([100.0, 100.0])] * 4, [1, 2, 3, 4])
+        assert sorted(f.slot for f in failures) == [1, 2] and sorted(answers) == [3, 4]
+        assert "replaced" in failures[0].reason
+        answers, failures = pool.call_all("reset", [7, 8], [1, 2])
+        assert not failures and sorted(answers) == [1, 2]
+        answers, failures = pool.call_all("step", [np.array([100.0, 100.0])] * 2, [1, 2])
+        assert not failures
 
 
 def test_hanging_worker_times_out_and_is_replaced():

@@ -54,3 +54,13 @@ class RunLogger:
         self.file.close()
         if self.run is not None:
             self.run.finish()
+
+
+class NullLogger:
+    """The logger of a distributed run's ranks other than 0: rank 0 logs for the run."""
+
+    def log(self, values: dict, step: int, every: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -15,6 +15,7 @@ import random
 import signal
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 from dpstack.datasets.loader import make_dataloader
 from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, save_checkpoint
 from dpstack.diffusion.ema import EMAModel
-from dpstack.training.logger import RunLogger
+from dpstack.training import distributed
+from dpstack.training.logger import NullLogger, RunLogger
 from dpstack.training.recipes import DEFAULT_RECIPE, make_recipe
 from dpstack.training.topk import TopKCheckpoints
 
@@ -116,6 +118,7 @@ class TrainingWorkspace:
         self.epoch = 0
         self.global_step = 0
         self.recipe = make_recipe(cfg)
+        self.topology = distributed.current_topology()
 
     # --- checkpoints -------------------------------------------------------------------
     def _payload(self, metrics: dict) -> dict:
@@ -139,10 +142,28 @@ class TrainingWorkspace:
                 "batches_per_epoch": self.batches_per_epoch,
                 "cuda_rng": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
                 "host_rng": python_and_numpy_rng_state(),
+                # Every rank's own noise stream (rank 0's is torch_rng / host_rng above), for an exact resume.
+                "rank_rng": distributed.gather(self._rng_state()) if self.topology.enabled else None,
                 "topk": self.topk.state(),
             },
             "metrics": metrics,
         }
+
+    def _rng_state(self) -> dict:
+        return {"torch": torch.get_rng_state(), "host": python_and_numpy_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None}
+
+    def _restore_rank_rng(self, saved: list[dict] | None) -> None:
+        """Rank r > 0 of a distributed resume: its own saved stream, or (a rank the saved run did not have)
+        a fresh one seeded from (seed, rank, step)."""
+        rank = self.topology.rank
+        if saved and rank < len(saved):
+            torch.set_rng_state(saved[rank]["torch"])
+            restore_python_and_numpy_rng(saved[rank]["host"])
+            if self.device.type == "cuda" and saved[rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(saved[rank]["cuda"], self.device)
+        else:
+            seed_everything(distributed.rank_seed(self.cfg.training.seed, rank, self.global_step))
 
     def _check_compatible(self, payload: dict, path: Path) -> None:
         saved = _with_later_settings(payload["config"])
@@ -171,6 +192,8 @@ class TrainingWorkspace:
         self.loader_generator.set_state(position["loader_rng"])
         if "host_rng" in position:  # checkpoints written before 2026-12-03 lack it
             restore_python_and_numpy_rng(position["host_rng"])
+        if self.topology.rank:
+            self._restore_rank_rng(position.get("rank_rng"))
         self.batch_in_epoch = position.get("batch_in_epoch", 0)
         if self.batch_in_epoch:
             if position["batches_per_epoch"] != self.batches_per_epoch:
@@ -203,16 +226,19 @@ class TrainingWorkspace:
 
     def _run(self) -> dict:
         cfg, tc = self.cfg, self.cfg.training
-        self.loader_generator = seed_everything(tc.seed)
+        self.loader_generator = seed_everything(tc.seed)  # alike on every rank: one global data order
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         dataset, val_dataset = self.recipe.build_data()
         self.model = self.recipe.build_model(dataset).to(self.device)
+        if self.topology.rank:  # rank 0 keeps the one-process noise stream, the others get their own
+            seed_everything(distributed.rank_seed(tc.seed, self.topology.rank))
         self.ema = EMAModel(self.model, **cfg.ema)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tuple(tc.betas),
                                            eps=tc.eps, weight_decay=tc.weight_decay)
+        shard = partial(distributed.shard, topology=self.topology) if self.topology.enabled else None
         loader = make_dataloader(dataset, tc.batch_size, shuffle=True, device=self.device,
-                                 generator=self.loader_generator, num_workers=tc.get("num_workers", 0))
+                                 generator=self.loader_generator, num_workers=tc.get("num_workers", 0), shard=shard)
         total_steps = len(loader) * tc.num_epochs  # the LR schedule's length; max_train_steps only stops early
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(tc.lr_warmup_steps, total_steps))
@@ -224,20 +250,29 @@ class TrainingWorkspace:
         self.wall_started, self.cpu_started = time.monotonic(), time.process_time()
         if tc.resume and latest.exists():
             self._resume(latest)
-        logger = RunLogger(self.output_dir, cfg)
+        self.trainable = (distributed.wrap(self.model, self.device) if self.topology.enabled
+                          else distributed.LossModule(self.model))
+        logger = RunLogger(self.output_dir, cfg) if self.topology.is_main else NullLogger()
         try:
             with stop_on_signals() as received:
                 return self._loop(loader, val_dataset, logger, received)
         finally:
             logger.close()
 
-    def _train_step(self, batch) -> tuple[float, float]:
-        """One optimiser step; (loss, gradient norm before clipping). Refuses non-finite values before they
-        reach the weights, so every checkpoint stays finite."""
+    def _train_step(self, batch, weight: float, stop_requested: bool) -> tuple[float, float, bool]:
+        """One optimiser step; (loss, gradient norm before clipping, whether any rank asks to stop). Refuses
+        non-finite values before they reach the weights, so every checkpoint stays finite. Distributed:
+        the rank's mean loss is scaled by ``weight`` (``distributed.loss_weight``) and the global batch
+        mean is logged."""
         tc = self.cfg.training
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(tc.get("bf16_autocast", False))):
-            loss = self.model.compute_loss(batch)
+            loss = self.trainable(batch)
         loss_value = loss.item()
+        if self.topology.enabled:
+            loss = loss * weight
+            loss_value, stops = distributed.all_sum([loss_value * weight / self.topology.world_size,
+                                                     float(stop_requested)])
+            stop_requested = stops > 0
         if not math.isfinite(loss_value):
             raise self._diverged(f"the loss is {loss_value}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -249,7 +284,13 @@ class TrainingWorkspace:
         self.optimizer.step()
         self.lr_scheduler.step()
         self.ema.step(self.model)
-        return loss_value, grad_norm
+        return loss_value, grad_norm, stop_requested
+
+    def _agree_to_stop(self, received: list[int]) -> bool:
+        """Whether any rank got SIGINT/SIGTERM (every rank must take the same path through the loop)."""
+        if not self.topology.enabled:
+            return bool(received)
+        return distributed.all_sum([float(bool(received))])[0] > 0
 
     def _diverged(self, what: str) -> TrainingDivergedError:
         latest = self.checkpoint_dir / "latest.ckpt"
@@ -266,10 +307,12 @@ class TrainingWorkspace:
             epoch_losses = []
             self.epoch_loader_rng = self.loader_generator.get_state()  # this epoch's order is drawn from here
             loader.skip_next(self.batch_in_epoch)
-            bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, disable=not tc.progress,
-                       initial=self.batch_in_epoch, total=len(loader))
+            bar = tqdm(loader, desc=f"epoch {self.epoch}", leave=False, initial=self.batch_in_epoch,
+                       total=len(loader), disable=not tc.progress or not self.topology.is_main)
+            stopping = False
             for batch in bar:
-                loss, grad_norm = self._train_step(batch)
+                weight = distributed.loss_weight(loader.batch_size_at(self.batch_in_epoch), self.topology)
+                loss, grad_norm, stopping = self._train_step(batch, weight, bool(received))
                 self.global_step += 1
                 self.batch_in_epoch += 1
                 epoch_losses.append(loss)
@@ -279,7 +322,7 @@ class TrainingWorkspace:
                            every=tc.log_every)
                 # Stop early, except after an epoch's last batch: the loop then ends by itself and leaves
                 # the sampler's generator where a straight run has it.
-                stop = received or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
+                stop = stopping or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
                 if stop and self.batch_in_epoch < len(loader):
                     break
             if self.batch_in_epoch >= len(loader):
@@ -287,33 +330,41 @@ class TrainingWorkspace:
             metrics = {"train_loss_epoch": float(np.mean(epoch_losses)), "epoch": self.epoch,
                        "global_step": self.global_step, "wall_minutes": self.wall_minutes(),
                        "cpu_minutes": self.cpu_minutes()}
-            if received and self.batch_in_epoch:  # SIGINT/SIGTERM inside an epoch: save where we are and leave
+            if stopping and self.batch_in_epoch:  # SIGINT/SIGTERM inside an epoch: save where we are and leave
                 self._save(metrics)
                 return self._interrupted(metrics, received)
             is_last = self.epoch >= tc.num_epochs or (tc.max_train_steps and self.global_step >= tc.max_train_steps)
             evaluating = tc.rollout_every and (self.epoch % tc.rollout_every == 0 or is_last)
             if evaluating:  # an evaluation that fails (minutes of rollouts) must not cost the epoch's training
-                save_checkpoint(self._payload(metrics), self.checkpoint_dir / "latest.ckpt")
+                self._write_latest(self._payload(metrics))
             # Evaluation draws nothing from the training RNG (a stop-and-resume run evaluates where a
-            # straight run does not): it runs on a fork of the torch RNG state.
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                if tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset):
+            # straight run does not): it runs on a fork of the torch RNG state, on rank 0 alone.
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [],
+                                       enabled=self.topology.is_main):
+                validating = tc.val_every and (self.epoch % tc.val_every == 0 or is_last) and len(val_dataset)
+                if validating and self.topology.is_main:
                     metrics["val_loss"] = self._validation_loss(val_dataset)
-                if evaluating:
+                if evaluating and self.topology.is_main:
                     metrics.update(self.recipe.evaluate(self.ema.averaged_model, self.epoch, self.global_step,
                                                         self.output_dir, logger))
-            if self.epoch % tc.checkpoint_every == 0 or is_last or received:
+            stopping = self._agree_to_stop(received)
+            if self.epoch % tc.checkpoint_every == 0 or is_last or stopping:
                 self._save(metrics)
             logger.log(metrics, self.global_step)
-            if received:  # the signal came with an epoch's last batch: its evaluation and checkpoint are done
+            if stopping:  # the signal came with an epoch's last batch: its evaluation and checkpoint are done
                 return self._interrupted(metrics, received)
         return metrics
 
     def _interrupted(self, metrics: dict, received: list[int]) -> dict:
-        name = signal.Signals(received[0]).name
-        print(f"{name}: stopped at step {self.global_step}; saved {self.checkpoint_dir / 'latest.ckpt'}. "
-              f"Run the same command again to resume.")
+        name = signal.Signals(received[0]).name if received else "SIGTERM"  # or the signal reached another rank
+        if self.topology.is_main:
+            print(f"{name}: stopped at step {self.global_step}; saved {self.checkpoint_dir / 'latest.ckpt'}. "
+                  f"Run the same command again to resume.")
         return {**metrics, "interrupted_by": name}
+
+    def _write_latest(self, payload: dict) -> None:
+        if self.topology.is_main:
+            save_checkpoint(payload, self.checkpoint_dir / "latest.ckpt")
 
     @torch.no_grad()
     def _validation_loss(self, val_dataset) -> float:
@@ -324,14 +375,20 @@ class TrainingWorkspace:
         return float(np.mean(losses))
 
     def _save(self, metrics: dict) -> None:
-        """Top-k bookkeeping first, so that ``latest.ckpt`` records the list it belongs to."""
+        """Top-k bookkeeping first, so that ``latest.ckpt`` records the list it belongs to. Every rank calls
+        it (the payload gathers their RNG states; the weights are checked to agree); rank 0 writes."""
+        if self.topology.enabled:
+            distributed.check_in_step(self.model, self.ema.averaged_model)
+        payload = self._payload(metrics)
+        if not self.topology.is_main:
+            return
         score = metrics.get(self.cfg.checkpoint.monitor)
         # A stop inside an epoch writes latest.ckpt only: top-k names checkpoints by finished epochs.
         if score is None or self.batch_in_epoch:
             admitted, dropped = None, []
         else:
             admitted, dropped = self.topk.admit(score, self.epoch)
-        payload = self._payload(metrics)
+            payload["training_state"]["topk"] = self.topk.state()
         if admitted is not None:
             save_checkpoint(payload, admitted)
         save_checkpoint(payload, self.checkpoint_dir / "latest.ckpt")
