@@ -234,3 +234,67 @@ def test_diagnostics_report_levels_and_counters(checkpoint):
         node.node.destroy_node()
     finally:
         rclpy.shutdown()
+
+
+class SlowPolicy:
+    """The policy with ``delay`` seconds added to every inference after the warm-up."""
+
+    def __init__(self, policy, delay: float):
+        self.policy, self.delay, self.calls = policy, delay, 0
+        self.config = policy.config
+
+    def predict_action(self, obs, generator=None):
+        self.calls += 1
+        if self.calls > 1:
+            time.sleep(self.delay)
+        return self.policy.predict_action(obs, generator=generator)
+
+
+def ticks_with_a_command(checkpoint, full_horizon: bool, delay: float = 0.5, seconds: float = 4.0):
+    """Run the node in real time (10 Hz ticks, inference in its thread) with a slow policy and an ideal arm
+    that is wherever it was last sent; per tick after the first chunk: whether a command went out, and where."""
+    from dpstack.envs.geometry import block_keypoints
+    from dpstack.policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "enabled:=true", "-p", "output_mode:=pose",
+                     "-p", f"schedule_full_horizon:={str(full_horizon).lower()}", "-p", "inference_timeout_s:=3.0"])
+    try:
+        node = PolicyNode("slow_probe", policy=SlowPolicy(load_policy(checkpoint, optimize=True), delay))
+        node.command_pub = recorder = Recorder()
+        keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
+        agent, ticks = np.array([200.0, 300.0]), []
+        node.inference.start()
+        started = time.monotonic()
+        for k in range(int(seconds * 10)):
+            time.sleep(max(0.0, started + 0.1 * k - time.monotonic()))
+            stamp = node.now()
+            node.observations.add("agent", agent.copy(), stamp)
+            node.observations.add("keypoints", keypoints, stamp)
+            before = len(recorder.messages)
+            node._control_tick()
+            if node.last_sent is not None:
+                agent = np.asarray(node.last_sent[0], dtype=np.float64)
+            if node.stats["chunks"]:
+                ticks.append((len(recorder.messages) > before, agent.copy()))
+        node.inference.stop()
+        stats = dict(node.stats)
+        node.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+    return ticks, stats
+
+
+def test_a_slow_policy_keeps_the_arm_moving_on_the_full_horizon(checkpoint):
+    """Inference 0.5 s slower than the warm-up said: every chunk is late for its Ta = 8 actions (0.8 s of plan
+    cannot cover two inference latencies). Scheduling the rest of the predicted horizon keeps a command going
+    out at every tick, in steps within the clamp; with Ta alone the arm stops and waits between chunks."""
+    full, full_stats = ticks_with_a_command(checkpoint, full_horizon=True)
+    ta_only, ta_stats = ticks_with_a_command(checkpoint, full_horizon=False)
+    assert ta_stats["late"] >= 2 and sum(not sent for sent, _ in ta_only) >= 5  # stop-and-go
+    assert full_stats["late"] >= 2 and full_stats["tail_steps"] >= 5  # late chunks too, but it rode the tails
+    assert sum(not sent for sent, _ in full) <= 1, [sent for sent, _ in full]
+    steps = np.linalg.norm(np.diff([where for _, where in full], axis=0), axis=1)
+    assert steps.max() <= 60.0 + 1e-6  # the per-step clamp (max_step_px), never a jump

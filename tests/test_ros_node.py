@@ -143,7 +143,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
             (proc.poll(), log.read_text()[-3000:])
         time.sleep(1.0)
         assert not trajectories and not statuses[-1]["enabled"]
-        assert len(chunks[-1].poses) == 8
+        assert len(chunks[-1].poses) == 15  # the scheduled horizon: actions 1..15 of 16 (To = 2)
 
         # The arm is moved by hand while the node is disabled: the dry-run plan knows nothing of it.
         agent[:] = [400.0, 150.0]

@@ -301,7 +301,7 @@ class TrainingWorkspace:
             f"training.bf16_autocast")
 
     def _loop(self, loader, val_dataset, logger: RunLogger, received: list[int]) -> dict:
-        cfg, tc = self.cfg, self.cfg.training
+        tc = self.cfg.training
         metrics: dict = {}
         while self.epoch < tc.num_epochs and (not tc.max_train_steps or self.global_step < tc.max_train_steps):
             epoch_losses = []

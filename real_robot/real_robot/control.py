@@ -15,6 +15,7 @@ class PlannedAction:
     time: float                       # scheduled execution time (seconds, node clock)
     pixels: np.ndarray                # (2,) policy-frame target
     joints: Optional[np.ndarray] = None
+    tail: bool = False                # predicted beyond the Ta executed actions: followed only while the next chunk is late
 
 
 @dataclass
@@ -27,12 +28,14 @@ class ChunkReport:
 
 @dataclass
 class ActionSchedule:
-    """Diffusion Policy's receding horizon with latency compensation.
+    """Diffusion Policy's receding horizon with latency compensation, over the whole predicted horizon.
 
     Action i of a chunk predicted from the observation taken at ``t_obs`` is due at
-    ``t_obs + i * dt``. Actions due before ``now + margin`` are dropped; when all are, only the
-    last one is kept, moved to the next control slot. A new chunk replaces the pending part of
-    the old plan from its first action on.
+    ``t_obs + i * dt``. The first ``n_execute`` (Ta) are the plan; the rest of the horizon is its *tail*,
+    scheduled too, so that a late next chunk finds the arm still moving along its prediction instead of
+    stopping (replanning is timed by the Ta actions alone). Actions due before ``now + margin`` are dropped;
+    when all are, only the last one is kept, moved to the next control slot. A new chunk replaces the
+    pending part of the old plan (tail included) from its first action on.
     """
 
     dt: float
@@ -61,14 +64,20 @@ class ActionSchedule:
         consecutive points of the merged plan are never closer than dt (speed checks assume dt)."""
         return [p for p in self.plan if p.time <= start - self.dt + 1e-9]
 
-    def last_before(self, time: float) -> Optional[PlannedAction]:
-        earlier = self._kept_before(time)
+    def anchor_before(self, time: float) -> Optional[PlannedAction]:
+        """The newest planned point due before ``time``: where the arm has been sent when a chunk starting at
+        ``time`` takes over (it may already have been published even if ``commit`` then drops it)."""
+        earlier = [p for p in self.plan if p.time < time - 1e-9]
         return earlier[-1] if earlier else None
 
-    def schedule(self, actions: np.ndarray, t_obs: float, now: float) -> Tuple[List[PlannedAction], ChunkReport]:
-        """Timed, not yet clamped actions of a new chunk (see ``commit``)."""
+    def schedule(self, actions: np.ndarray, t_obs: float, now: float,
+                 n_execute: Optional[int] = None) -> Tuple[List[PlannedAction], ChunkReport]:
+        """Timed, not yet clamped actions of a new chunk (see ``commit``); actions past the first
+        ``n_execute`` (default: all) are its tail."""
         actions = np.asarray(actions, dtype=np.float64)
+        n_execute = len(actions) if n_execute is None else min(n_execute, len(actions))
         times = t_obs + np.arange(len(actions)) * self.dt
+        tail = np.arange(len(actions)) >= n_execute
         fresh = times > now + self.margin
         all_stale = not fresh.any()
         if all_stale:
@@ -76,13 +85,15 @@ class ActionSchedule:
             next_slot = t_obs + math.floor((now + self.margin - t_obs) / self.dt + 1) * self.dt
             timed = [PlannedAction(float(next_slot), actions[-1].copy())]
         else:
-            timed = [PlannedAction(float(t), a.copy()) for t, a in zip(times[fresh], actions[fresh])]
-        old_pending = self.pending(now)
+            timed = [PlannedAction(float(t), a.copy(), tail=bool(is_tail))
+                     for t, a, is_tail in zip(times[fresh], actions[fresh], tail[fresh])]
         on_time = None
-        if self.plan:
+        if self.plan:  # on time: the new chunk starts before the old plan's Ta actions run out
+            old_pending = [p for p in self.pending(now) if not p.tail]
             old_end = old_pending[-1].time if old_pending else None
             on_time = old_end is not None and timed[0].time <= old_end + self.dt + 1e-6
-        report = ChunkReport(len(actions), int((~fresh).sum()) - (1 if all_stale else 0), on_time, all_stale)
+        dropped = int((~fresh & ~tail).sum()) - (1 if all_stale and not tail.any() else 0)
+        report = ChunkReport(len(actions), max(0, dropped), on_time, all_stale)
         return timed, report
 
     def commit(self, timed: List[PlannedAction]) -> None:
@@ -91,16 +102,17 @@ class ActionSchedule:
         self.plan = self._kept_before(timed[0].time) + list(timed)
 
     def needs_replan(self, now: float, latency: float, margin_steps: int) -> bool:
-        """Start the next inference when what is left of the plan covers only the expected
-        inference latency plus ``margin_steps`` control periods (n_a - ceil(L/dt) steps in)."""
-        remaining = len(self.pending(now))
+        """Start the next inference when what is left of the plan's Ta actions (not its tail) covers only
+        the expected inference latency plus ``margin_steps`` control periods (n_a - ceil(L/dt) steps in)."""
+        remaining = sum(not p.tail for p in self.pending(now))
         return remaining <= math.ceil(latency / self.dt) + margin_steps
 
 
 def clamp_actions(actions: np.ndarray, start: Optional[np.ndarray], low: np.ndarray, high: np.ndarray,
-                  max_step: float) -> Tuple[np.ndarray, int]:
+                  max_step: float, first_max_step: Optional[float] = None) -> Tuple[np.ndarray, int]:
     """Clip to the workspace box, then limit each step (from ``start``, then from the previous
-    action) to ``max_step`` in Euclidean norm. Returns the clamped actions and how many changed.
+    action) to ``max_step`` in Euclidean norm (the first one, from ``start``, to ``first_max_step`` when
+    given: a start less than a period earlier). Returns the clamped actions and how many changed.
 
     A non-finite action is replaced by the point before it (a hold; counted as changed); a non-finite
     ``start`` raises ValueError, since no step from an unknown point can be bounded."""
@@ -116,14 +128,25 @@ def clamp_actions(actions: np.ndarray, start: Optional[np.ndarray], low: np.ndar
             if previous is None:
                 raise ValueError("the first action is not finite and there is no start point to hold")
             out[i], changed[i] = previous, True
-        if previous is not None and math.isfinite(max_step):
+        limit = first_max_step if i == 0 and first_max_step is not None else max_step
+        if previous is not None and math.isfinite(limit):
             step = out[i] - previous
             norm = float(np.linalg.norm(step))
-            if norm > max_step:
-                out[i] = previous + step * (max_step / norm)
+            if norm > limit:
+                out[i] = previous + step * (limit / max(norm, 1e-12))
                 changed[i] = True
         previous = out[i]
     return out, int(changed.sum())
+
+
+def limit_step(previous: np.ndarray, target: np.ndarray, limit: float, norm=np.linalg.norm) -> Tuple[np.ndarray, bool]:
+    """``target`` moved toward ``previous`` until ``norm(target − previous) ≤ limit`` (direction kept);
+    whether it had to move."""
+    step = np.asarray(target, dtype=np.float64) - previous
+    size = float(norm(step))
+    if size <= limit:
+        return np.asarray(target, dtype=np.float64), False
+    return previous + step * (limit / size), True
 
 
 def coerce(name: str, value, kind: str):

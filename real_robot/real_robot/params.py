@@ -42,6 +42,7 @@ PARAMETERS = {
     "inference_timeout_s": ("float", 1.0),
     "latency_margin_s": ("float", 0.01),
     "handover_margin_steps": ("int", 1),
+    "schedule_full_horizon": ("bool", True),  # also schedule the prediction past Ta: a late chunk finds the arm moving
     "enabled": ("bool", False),
     "publish_hold": ("bool", True),
 }

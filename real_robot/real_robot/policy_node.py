@@ -11,6 +11,9 @@ JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (
 Cartesian controllers, stamped with the action's scheduled time) or ``float_array``
 (Float64MultiArray of joint positions for a forward position controller).
 
+The schedule holds the whole predicted horizon (``schedule_full_horizon``): replanning is timed by the Ta
+executed actions, and a late chunk finds the arm still following the previous prediction's tail.
+
 Inference runs in its own thread (``worker.py``); one executor thread serves the rest.
 
 Safety (``safety.py``): starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called
@@ -31,7 +34,7 @@ from typing import Optional
 import numpy as np
 
 from real_robot.commands import CommandBuilder
-from real_robot.control import ActionSchedule, attach_joints, clamp_actions
+from real_robot.control import ActionSchedule, attach_joints
 from real_robot.diagnostics import DiagnosticsReporter
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
@@ -93,15 +96,18 @@ class PolicyNode(SafetySwitches):
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
         self.published_path = None    # (times, pixels, joints | None) the controller follows, from its setpoint on receipt
         self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
+        self.last_sent_time = 0.0     # its scheduled time
         self.inference_in_flight = False
         self.inference_started = 0.0
         self.generation = 0
         self.request = None
         self.latency_estimate = 0.0
+        # tail_steps: control periods spent on a chunk's predicted tail (past its Ta actions) while the next was late
         self.stats = dict(chunks=0, on_time=0, late=0, dropped=0, stale_chunks=0, timeouts=0,
-                          clamped=0, ik_failures=0, commands=0, holds=0)
+                          clamped=0, ik_failures=0, commands=0, holds=0, tail_steps=0)
         self.last_e2e, self.last_e2e_chunk, self.last_latency = None, -1, None
         self.last_joints: Optional[np.ndarray] = None
+        self.last_tail_point = None
         self.chunk_obs_time: Optional[float] = None
         self.agent_px: Optional[np.ndarray] = None
 
@@ -228,6 +234,9 @@ class PolicyNode(SafetySwitches):
             self.state = "waiting_for_chunk"
             return
         self.state = "running" if self.enabled else "dry_run"
+        if pending[0].tail and pending[0] is not self.last_tail_point:  # counted once per action, not per tick
+            self.last_tail_point = pending[0]
+            self.stats["tail_steps"] += 1
         if self.enabled:
             self._publish_command(pending, now)
 
@@ -235,12 +244,10 @@ class PolicyNode(SafetySwitches):
         mode = self.p["output_mode"]
         if mode == "joint_trajectory":
             msg = self._limited_trajectory(self.schedule.ahead(now), now)
-        elif mode == "pose":
-            msg = self.commands.pose_stamped(pending[0].pixels, pending[0].time)
         else:
-            msg = self.commands.float_array(pending[0].joints)
-        if mode != "joint_trajectory":
-            self.last_sent = (pending[0].pixels, pending[0].joints)
+            pixels, joints = self._limited_setpoint(pending[0])
+            msg = self.commands.pose_stamped(pixels, pending[0].time) if mode == "pose" else self.commands.float_array(joints)
+            self.last_sent, self.last_sent_time = (pixels, joints), pending[0].time
         self.command_pub.publish(msg)
         self.stats["commands"] += 1
         if self.chunk_obs_time is not None and self.last_e2e_chunk != self.stats["chunks"]:
@@ -259,11 +266,14 @@ class PolicyNode(SafetySwitches):
         self.latency_estimate = time.monotonic() - start
 
     def _predict(self, stacked):
+        """The actions to schedule from the newest observation on: the Ta executed ones, followed by the rest
+        of the predicted horizon (their tail) when ``schedule_full_horizon``."""
         torch = self.torch
         with torch.no_grad():
             obs = {k: torch.as_tensor(v, device=self.p["device"]) for k, v in stacked.items()}
             out = self.policy.predict_action(obs, generator=self.generator)
-        return out["action"][0].cpu().numpy().astype(np.float64)
+        actions = out["action_pred"][0, self.n_obs_steps - 1:] if self.p["schedule_full_horizon"] else out["action"][0]
+        return actions.cpu().numpy().astype(np.float64)
 
     def _run_inference(self) -> None:
         with self.lock:
@@ -291,7 +301,7 @@ class PolicyNode(SafetySwitches):
             self.latency_estimate = max(latency, 0.8 * self.latency_estimate + 0.2 * latency)
             finite = np.isfinite(actions).all()
             if finite:
-                timed, report = self.schedule.schedule(actions, t_obs, now)
+                timed, report = self.schedule.schedule(actions, t_obs, now, n_execute=self.n_action_steps)
                 ik_start = self._clamp_pixels(timed, now)
         if not finite:
             self.node.get_logger().error("policy returned non-finite actions; chunk dropped")
@@ -314,30 +324,6 @@ class PolicyNode(SafetySwitches):
                 self.stats["on_time" if report.handed_over_on_time else "late"] += 1
         self.chunk_pub.publish(self.commands.chunk(actions, self.node.get_clock().now().to_msg()))
         self.chunk_px_pub.publish(self.commands.float_array(actions))
-
-    def _clamp_pixels(self, timed, now: float):
-        """Workspace / per-step clamps in pixels (in place). For joint outputs, returns where IK starts:
-        (seed, check_speed, previous_time); the seed is the previous planned point, else the measured
-        joints; failing both, the last command or home_joints only pick the IK branch (no speed check
-        against them: the pixel step from the measured position bounds that first move)."""
-        p = self.p
-        previous = self.schedule.last_before(timed[0].time)
-        start = previous.pixels if previous is not None else self.agent_px
-        max_step = min(p["max_step_px"], p["max_velocity_px_s"] * self.dt)
-        clamped, n = clamp_actions(np.array([t.pixels for t in timed]), start,
-                                   np.array(p["workspace_min_px"]), np.array(p["workspace_max_px"]), max_step)
-        self.stats["clamped"] += n
-        for planned, pixels in zip(timed, clamped):
-            planned.pixels = pixels
-        if p["output_mode"] == "pose":
-            return None
-        seed = previous.joints if previous is not None and previous.joints is not None else None
-        if seed is None:
-            seed = self.observations.newest_value("joints")
-        check = seed is not None
-        if seed is None:  # after a dropped plan the last command is no longer where the arm is
-            seed = self.last_joints if self.last_joints is not None else np.asarray(p["home_joints"])
-        return seed, check, previous.time if previous is not None else now
 
     # --- status ---------------------------------------------------------------------------
     def _publish_status(self, now: float) -> None:

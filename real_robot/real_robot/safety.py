@@ -1,16 +1,17 @@
-"""The policy node's switches and holds: enable / disable (service ``~/enable`` and the runtime
+"""The policy node's switches, clamps and holds: enable / disable (service ``~/enable`` and the runtime
 parameter ``enabled``, kept in agreement), the latched e-stop (``~/estop``) and its reset
 (``~/reset_estop``). Disabling, e-stopping, stale observations and shutting down publish a hold at
 the commanded setpoint: the controller would otherwise finish the last trajectory. Each trajectory
-is timed so the controller's move from that setpoint to its first point respects the speed limit."""
+is timed so the controller's move from that setpoint to its first point respects the speed limit.
+Every chunk is clipped to the workspace and step-limited from where the arm was sent; step setpoints are
+step-limited again from the last one sent."""
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
-
-from real_robot.control import first_point_lead, sample_trajectory
+from real_robot.control import clamp_actions, first_point_lead, limit_step, sample_trajectory
 from real_robot.params import RUNTIME_PARAMETERS
 
 
@@ -76,6 +77,49 @@ class SafetySwitches:
             self.hold_setpoint = None
         response.success, response.message = True, "e-stop reset; node is disabled until ~/enable"
         return response
+
+    # --- clamps -------------------------------------------------------------------------
+    def _clamp_pixels(self, timed, now: float):
+        """Workspace / per-step clamps in pixels (in place). For joint outputs, returns where IK starts:
+        (seed, check_speed, previous_time); the seed is the previous planned point, else the measured
+        joints; failing both, the last command or home_joints only pick the IK branch (no speed check
+        against them: the pixel step from the measured position bounds that first move)."""
+        p = self.p
+        previous = self.schedule.anchor_before(timed[0].time)  # the first step is limited by the time from it
+        start = previous.pixels if previous is not None else self.agent_px
+        max_step = min(p["max_step_px"], p["max_velocity_px_s"] * self.dt)
+        first_step = max_step * min(1.0, (timed[0].time - previous.time) / self.dt) if previous is not None else None
+        clamped, n = clamp_actions(np.array([t.pixels for t in timed]), start, np.array(p["workspace_min_px"]),
+                                   np.array(p["workspace_max_px"]), max_step, first_step)
+        self.stats["clamped"] += n
+        for planned, pixels in zip(timed, clamped):
+            planned.pixels = pixels
+        if p["output_mode"] == "pose":
+            return None
+        seed = previous.joints if previous is not None and previous.joints is not None else None
+        if seed is None:
+            seed = self.observations.newest_value("joints")
+        check = seed is not None
+        if seed is None:  # after a dropped plan the last command is no longer where the arm is
+            seed = self.last_joints if self.last_joints is not None else np.asarray(p["home_joints"])
+        return seed, check, previous.time if previous is not None else now
+
+    def _limited_setpoint(self, point):
+        """A step setpoint (pose / float_array) at most one period's step from the last one sent, scaled by the
+        time between them: a chunk that replaced the point sent a tick ago may start farther away."""
+        if self.last_sent is None:
+            return point.pixels, point.joints
+        periods = max(1.0, (point.time - self.last_sent_time) / self.dt)
+        if self.p["output_mode"] == "pose":
+            step = min(self.p["max_step_px"], self.p["max_velocity_px_s"] * self.dt) * periods
+            pixels, changed = limit_step(self.last_sent[0], point.pixels, step)
+            joints = point.joints
+        else:
+            step = self.p["max_joint_velocity"] * self.dt * periods
+            joints, changed = limit_step(self.last_sent[1], point.joints, step, norm=lambda q: np.abs(q).max())
+            pixels = point.pixels
+        self.stats["clamped"] += int(changed)
+        return pixels, joints
 
     # --- holds ----------------------------------------------------------------------------
     def _drop_plan(self) -> None:
