@@ -298,3 +298,51 @@ def test_a_slow_policy_keeps_the_arm_moving_on_the_full_horizon(checkpoint):
     assert sum(not sent for sent, _ in full) <= 1, [sent for sent, _ in full]
     steps = np.linalg.norm(np.diff([where for _, where in full], axis=0), axis=1)
     assert steps.max() <= 60.0 + 1e-6  # the per-step clamp (max_step_px), never a jump
+
+
+def test_trajectory_points_carry_velocities_and_float_array_streams_the_path(checkpoint):
+    """joint_trajectory: every point has knot velocities within the joint limit, zero at the end.
+    float_array: between control ticks the node streams joint positions along the planned path at
+    float_array_rate_hz, each within the joint-speed limit of the one before."""
+    from dpstack.envs.geometry import block_keypoints
+    from dpstack.policy.checkpoint import load_policy
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    policy = load_policy(checkpoint, optimize=True)
+    keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
+    for mode in ("joint_trajectory", "float_array"):
+        rclpy.init(args=["--ros-args", "-p", f"checkpoint:={checkpoint}", "-p", "enabled:=true",
+                         "-p", f"output_mode:={mode}", "-p", "float_array_rate_hz:=100.0"])
+        try:
+            node = PolicyNode(f"{mode}_probe", policy=policy)
+            node.command_pub = recorder = Recorder()
+            agent = np.array([200.0, 300.0])
+            joints = node.arm.inverse(node.calibration.tool_pose(agent), np.asarray(node.p["home_joints"]))
+            stamp = node.now()
+            for key, value in (("agent", agent), ("keypoints", keypoints), ("joints", joints)):
+                node.observations.add(key, value, stamp)
+            node._control_tick()
+            node._run_inference()
+            node._control_tick()
+            if mode == "joint_trajectory":
+                trajectory = recorder.messages[-1]
+                velocities = np.array([point.velocities for point in trajectory.points])
+                assert velocities.shape == (len(trajectory.points), 6) and np.abs(velocities).max() > 0
+                assert np.abs(velocities).max() <= node.p["max_joint_velocity"] + 1e-9
+                np.testing.assert_allclose(velocities[-1], 0.0)
+            else:
+                assert not recorder.messages  # the control tick only plans; the stream publishes
+                for _ in range(30):
+                    time.sleep(0.01)
+                    node._stream_tick()
+                streamed = np.array([msg.data for msg in recorder.messages])
+                assert len(streamed) == 30 and streamed.shape[1] == 6
+                steps = np.abs(np.diff(streamed, axis=0)).max(axis=1)
+                assert steps.max() > 0  # it moves between control ticks
+                # ≤ v_max · Δt for the ~10 ms between samples (a generous 3× for a busy machine's sleep)
+                assert steps.max() <= node.p["max_joint_velocity"] * 0.03
+            node.node.destroy_node()
+        finally:
+            rclpy.shutdown()

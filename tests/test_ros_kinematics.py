@@ -186,10 +186,12 @@ def test_trajectory_keeps_scheduled_times_unless_the_first_point_is_too_close():
     def seconds(msg):
         return [p.time_from_start.sec + p.time_from_start.nanosec * 1e-9 for p in msg.points]
 
-    msg, delay = builder.trajectory(pending, now=10.0, min_lead=0.01)  # a running plan: on schedule
-    assert delay == 0.0 and seconds(msg) == pytest.approx([0.03, 0.13, 0.23])
-    msg, delay = builder.trajectory(pending, now=10.0, min_lead=0.1)   # from a standstill a step away
+    delay = builder.trajectory_delay(pending, now=10.0, min_lead=0.01)  # a running plan: on schedule
+    assert delay == 0.0 and seconds(builder.trajectory(pending, 10.0, delay)) == pytest.approx([0.03, 0.13, 0.23])
+    delay = builder.trajectory_delay(pending, now=10.0, min_lead=0.1)   # from a standstill a step away
+    msg = builder.trajectory(pending, 10.0, delay, velocities=np.array([[1.0], [2.0], [0.0]]))
     assert delay == pytest.approx(0.07) and seconds(msg) == pytest.approx([0.1, 0.2, 0.3])
+    assert [list(p.velocities) for p in msg.points] == [[1.0], [2.0], [0.0]]
 
 
 def test_clamps():
@@ -427,3 +429,15 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_knot_velocities_are_central_differences_ending_at_rest():
+    from real_robot.control import knot_velocities
+
+    times = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
+    positions = np.stack([times ** 2, np.sin(times)], axis=1)  # row 0: the controller's setpoint now
+    velocities = knot_velocities(times, positions, max_velocity=10.0)
+    assert velocities.shape == (4, 2)
+    np.testing.assert_allclose(velocities[:3, 0], 2 * times[1:4], atol=1e-12)  # exact for a parabola
+    np.testing.assert_allclose(velocities[-1], 0.0)
+    assert np.abs(knot_velocities(times, 100 * positions, max_velocity=1.5)).max() == pytest.approx(1.5)

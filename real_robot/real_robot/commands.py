@@ -23,19 +23,26 @@ class CommandBuilder:
         self.calibration, self.table_height = calibration, table_height
         self.frame_id, self.joint_names = frame_id, list(joint_names)
 
-    def trajectory(self, pending, now: float, min_lead: float):
+    @staticmethod
+    def trajectory_delay(pending, now: float, min_lead: float) -> float:
+        """The shift of a trajectory's points: max(0, min_lead − (time_0 − now)). The controller interpolates
+        from its current setpoint to the first point, which must not come sooner than ``min_lead``;
+        points keep their scheduled times whenever that allows."""
+        return max(0.0, min_lead - (pending[0].time - now))
+
+    def trajectory(self, pending, now: float, delay: float, velocities=None):
         """JointTrajectory of the pending plan; header stamp 0 = start on receipt, point i at
-        ``time_i - now + delay`` (strictly increasing), delay = max(0, min_lead - (time_0 - now)):
-        the controller interpolates from its current setpoint to the first point, which must not
-        come sooner than ``min_lead``. Points keep their scheduled times whenever that allows."""
+        ``time_i − now + delay`` (strictly increasing), with ``velocities`` (N, dof) when given."""
         from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
         msg = JointTrajectory(joint_names=self.joint_names)
-        delay = max(0.0, min_lead - (pending[0].time - now))
-        for planned in pending:
-            msg.points.append(JointTrajectoryPoint(positions=[float(v) for v in planned.joints],
-                                                   time_from_start=duration(planned.time - now + delay)))
-        return msg, delay
+        for i, planned in enumerate(pending):
+            point = JointTrajectoryPoint(positions=[float(v) for v in planned.joints],
+                                         time_from_start=duration(planned.time - now + delay))
+            if velocities is not None:
+                point.velocities = [float(v) for v in velocities[i]]
+            msg.points.append(point)
+        return msg
 
     def hold_trajectory(self, joints, dt: float):
         """A one-point trajectory to ``joints`` (the current position) one period from now."""

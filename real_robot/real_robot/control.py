@@ -194,10 +194,24 @@ def sample_trajectory(times: np.ndarray, positions: np.ndarray, t: float) -> np.
     """Position at time ``t`` of a piecewise-linear trajectory through ``positions`` (N, D) at
     increasing ``times`` (N,): q(t) = q_i + (t - t_i)/(t_{i+1} - t_i) (q_{i+1} - q_i), held
     constant before the first and after the last point — how a JointTrajectoryController
-    interpolates from the state it had when a trajectory arrived."""
+    interpolates from the state it had when a trajectory arrived (with knot velocities it follows a
+    cubic through the same points instead; this is the setpoint to within that curve's bulge)."""
     times = np.asarray(times, dtype=np.float64)
     positions = np.asarray(positions, dtype=np.float64)
     return np.array([np.interp(t, times, positions[:, d]) for d in range(positions.shape[1])])
+
+
+def knot_velocities(times: np.ndarray, positions: np.ndarray, max_velocity: float) -> np.ndarray:
+    """Velocities at the points 1..N−1 of a path whose row 0 is the controller's setpoint now: central
+    differences v_i = (q_{i+1} − q_{i−1}) / (t_{i+1} − t_{i−1}), zero at the last point (the path ends at
+    rest), each joint clipped to ±max_velocity. With them a JointTrajectoryController interpolates a cubic
+    Hermite spline (continuous velocity) instead of straight segments (a velocity jump at every point)."""
+    times = np.asarray(times, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64)
+    velocities = np.zeros_like(positions[1:])
+    if len(positions) > 2:
+        velocities[:-1] = (positions[2:] - positions[:-2]) / (times[2:] - times[:-2])[:, None]
+    return np.clip(velocities, -max_velocity, max_velocity)
 
 
 def first_point_lead(first: PlannedAction, setpoint_px: np.ndarray, setpoint_joints: Optional[np.ndarray],

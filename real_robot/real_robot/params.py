@@ -43,6 +43,8 @@ PARAMETERS = {
     "latency_margin_s": ("float", 0.01),
     "handover_margin_steps": ("int", 1),
     "schedule_full_horizon": ("bool", True),  # also schedule the prediction past Ta: a late chunk finds the arm moving
+    "trajectory_velocities": ("bool", True),  # knot velocities on JointTrajectory points (cubic, not straight, segments)
+    "float_array_rate_hz": ("float", 100.0),  # float_array: the planned path streamed at this rate (the controller's)
     "enabled": ("bool", False),
     "publish_hold": ("bool", True),
 }
@@ -78,6 +80,8 @@ def validate(p: Dict[str, object]):
                           ("block_source", BLOCK_SOURCES), ("arm_model", ARM_MODELS)):
         if p[name] not in choices:
             problems.append(f"{name} must be one of {choices}, got {p[name]!r}")
+    if not p["control_rate_hz"] <= p["float_array_rate_hz"] <= 2000:
+        problems.append(f"float_array_rate_hz must be in [control_rate_hz, 2000], got {p['float_array_rate_hz']}")
     if len(p["workspace_min_px"]) != 2 or len(p["workspace_max_px"]) != 2 or \
             not all(a < b for a, b in zip(p["workspace_min_px"], p["workspace_max_px"])):
         problems.append("workspace_min_px / workspace_max_px must be [x, y] with min < max")

@@ -9,7 +9,9 @@ for low-dim policies, ``image`` (sensor_msgs/Image, rgb8/bgr8) for image policie
 Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a ros2_control
 JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for
 Cartesian controllers, stamped with the action's scheduled time) or ``float_array``
-(Float64MultiArray of joint positions for a forward position controller).
+(Float64MultiArray of joint positions for a forward position controller, streamed at
+``float_array_rate_hz`` along the planned path). Trajectory points carry knot velocities (cubic
+interpolation in the controller; ``trajectory_velocities``).
 
 The schedule holds the whole predicted horizon (``schedule_full_horizon``): replanning is timed by the Ta
 executed actions, and a late chunk finds the arm still following the previous prediction's tail.
@@ -34,7 +36,7 @@ from typing import Optional
 import numpy as np
 
 from real_robot.commands import CommandBuilder
-from real_robot.control import ActionSchedule, attach_joints
+from real_robot.control import ActionSchedule, attach_joints, sample_trajectory
 from real_robot.diagnostics import DiagnosticsReporter
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
@@ -95,7 +97,7 @@ class PolicyNode(SafetySwitches):
         self.state = "waiting_for_observations"
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
         self.published_path = None    # (times, pixels, joints | None) the controller follows, from its setpoint on receipt
-        self.last_sent = None         # (pixels, joints) of the last step setpoint (pose / float_array)
+        self.last_sent = None         # (pixels, joints) of the last pose setpoint sent
         self.last_sent_time = 0.0     # its scheduled time
         self.inference_in_flight = False
         self.inference_started = 0.0
@@ -150,6 +152,8 @@ class PolicyNode(SafetySwitches):
         self.inference = WakeableWorker(self._run_inference, name="inference", on_error=lambda error: (
             self.node.get_logger().error(f"inference step failed: {type(error).__name__}: {error}")))
         self.timer = node.create_timer(self.dt, self._control_tick)
+        if mode == "float_array":
+            self.stream_timer = node.create_timer(1.0 / p["float_array_rate_hz"], self._stream_tick)
         node.get_logger().info(
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
@@ -242,18 +246,29 @@ class PolicyNode(SafetySwitches):
 
     def _publish_command(self, pending, now: float) -> None:
         mode = self.p["output_mode"]
-        if mode == "joint_trajectory":
+        if mode == "pose":
+            pixels = self._limited_setpoint(pending[0])
+            self.command_pub.publish(self.commands.pose_stamped(pixels, pending[0].time))
+            self.last_sent, self.last_sent_time = (pixels, pending[0].joints), pending[0].time
+        else:  # a trajectory: published whole, or (float_array) streamed by ``_stream_tick``
             msg = self._limited_trajectory(self.schedule.ahead(now), now)
-        else:
-            pixels, joints = self._limited_setpoint(pending[0])
-            msg = self.commands.pose_stamped(pixels, pending[0].time) if mode == "pose" else self.commands.float_array(joints)
-            self.last_sent, self.last_sent_time = (pixels, joints), pending[0].time
-        self.command_pub.publish(msg)
+            if msg is not None:
+                self.command_pub.publish(msg)
         self.stats["commands"] += 1
         if self.chunk_obs_time is not None and self.last_e2e_chunk != self.stats["chunks"]:
             # End to end: observation stamp -> first command carrying that observation's chunk.
             self.last_e2e_chunk = self.stats["chunks"]
             self.last_e2e = now - self.chunk_obs_time
+
+    def _stream_tick(self) -> None:
+        """float_array mode, at ``float_array_rate_hz``: the commanded path sampled now (straight segments
+        between the plan's speed-checked points), so a forward position controller moves smoothly."""
+        with self.lock:
+            if self.published_path is None or not self.enabled or self.estopped or self.holding:
+                return
+            times, _, joints = self.published_path
+            if joints is not None:
+                self.command_pub.publish(self.commands.float_array(sample_trajectory(times, joints, self.now())))
 
     # --- inference (its own thread: worker.py) --------------------------------------------
     def _warm_up(self) -> None:

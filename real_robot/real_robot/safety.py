@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from real_robot.control import clamp_actions, first_point_lead, limit_step, sample_trajectory
+from real_robot.control import clamp_actions, first_point_lead, knot_velocities, limit_step, sample_trajectory
 from real_robot.params import RUNTIME_PARAMETERS
 
 
@@ -105,21 +105,15 @@ class SafetySwitches:
         return seed, check, previous.time if previous is not None else now
 
     def _limited_setpoint(self, point):
-        """A step setpoint (pose / float_array) at most one period's step from the last one sent, scaled by the
-        time between them: a chunk that replaced the point sent a tick ago may start farther away."""
+        """A pose setpoint at most one period's step from the last one sent, scaled by the time between them:
+        a chunk that replaced the point sent a tick ago may start farther away."""
         if self.last_sent is None:
-            return point.pixels, point.joints
+            return point.pixels
         periods = max(1.0, (point.time - self.last_sent_time) / self.dt)
-        if self.p["output_mode"] == "pose":
-            step = min(self.p["max_step_px"], self.p["max_velocity_px_s"] * self.dt) * periods
-            pixels, changed = limit_step(self.last_sent[0], point.pixels, step)
-            joints = point.joints
-        else:
-            step = self.p["max_joint_velocity"] * self.dt * periods
-            joints, changed = limit_step(self.last_sent[1], point.joints, step, norm=lambda q: np.abs(q).max())
-            pixels = point.pixels
+        step = min(self.p["max_step_px"], self.p["max_velocity_px_s"] * self.dt) * periods
+        pixels, changed = limit_step(self.last_sent[0], point.pixels, step)
         self.stats["clamped"] += int(changed)
-        return pixels, joints
+        return pixels
 
     # --- holds ----------------------------------------------------------------------------
     def _drop_plan(self) -> None:
@@ -158,7 +152,7 @@ class SafetySwitches:
                 now = self.now()
                 self.published_path = (np.array([now, now + self.dt]), np.array([setpoint_px] * 2),
                                        np.array([joints] * 2))
-        else:
+        else:  # a forward controller keeps its last command: the setpoint the stream had reached
             self.command_pub.publish(self.commands.float_array(joints))
 
     def _hold_if_stale(self, now: float, t_obs: float) -> bool:
@@ -177,7 +171,7 @@ class SafetySwitches:
         holding there would pull the arm back."""
         if self.holding:
             return self.hold_setpoint  # a second hold (e-stop during a stale hold) stays where the first sent it
-        if self.p["output_mode"] != "joint_trajectory" and self.last_sent is not None:
+        if self.p["output_mode"] == "pose" and self.last_sent is not None:
             return self.last_sent  # step setpoints: the arm was sent to the last one
         if self.published_path is not None:  # a trajectory the controller follows (implies enabled)
             times, pixels, joints = self.published_path
@@ -194,11 +188,18 @@ class SafetySwitches:
         max_speed_px = min(self.p["max_velocity_px_s"], self.p["max_step_px"] / self.dt)
         lead = first_point_lead(points[0], setpoint_px, setpoint_joints, following, max_speed_px,
                                 self.p["max_joint_velocity"], self.dt)
-        msg, delay = self.commands.trajectory(points, now, lead)
+        delay = self.commands.trajectory_delay(points, now, lead)
+        times = np.array([now] + [p.time + delay for p in points])
+        if setpoint_joints is None and self.p["output_mode"] == "float_array":
+            setpoint_joints = points[0].joints  # no joint state yet: the stream starts at the first point
         joints = None if setpoint_joints is None else np.array([setpoint_joints] + [p.joints for p in points])
-        self.published_path = (np.array([now] + [p.time + delay for p in points]),
-                               np.array([setpoint_px] + [p.pixels for p in points]), joints)
-        return msg
+        self.published_path = (times, np.array([setpoint_px] + [p.pixels for p in points]), joints)
+        if self.p["output_mode"] == "float_array":
+            return None  # the node streams the path itself (``_stream_tick``)
+        velocities = None
+        if self.p["trajectory_velocities"] and joints is not None:
+            velocities = knot_velocities(times, joints, self.p["max_joint_velocity"])
+        return self.commands.trajectory(points, now, delay, velocities)
 
     def stop_on_shutdown(self) -> None:
         """On the way out, an enabled node commands a hold: the controller would otherwise finish
