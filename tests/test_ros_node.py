@@ -149,7 +149,13 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         agent[:] = [400.0, 150.0]
         time.sleep(0.5)
 
-        # 2. Enabled: a 10 Hz JointTrajectory stream a JointTrajectoryController accepts.
+        # 2. A lone enable call is refused (two deliberate steps: ~/arm, then ~/enable within arming_window_s).
+        refused = call(ros, SetBool, "/robot/policy/enable", SetBool.Request(data=True))
+        assert not refused.success and "arm" in refused.message
+        time.sleep(0.3)
+        assert not trajectories and not statuses[-1]["enabled"]
+        #    Enabled: a 10 Hz JointTrajectory stream a JointTrajectoryController accepts.
+        assert call(ros, Trigger, "/robot/policy/arm", Trigger.Request()).success
         assert call(ros, SetBool, "/robot/policy/enable", SetBool.Request(data=True)).success
         t_enable = time.monotonic()
         time.sleep(3.0)
@@ -250,6 +256,8 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert get_enabled() is False  # e-stop cleared the parameter too
         refused = set_parameter("control_rate_hz", 20.0)
         assert not refused.successful and "restart" in refused.reason
+        assert not set_parameter("enabled", True).successful  # not armed
+        assert call(ros, Trigger, "/robot/policy/arm", Trigger.Request()).success
         assert set_parameter("enabled", True).successful
         t_param = time.monotonic()
         assert wait_for(lambda: sum(t > t_param and len(m.points) > 1 for t, m in trajectories) >= 5, 5)
@@ -261,6 +269,7 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
         assert proc.poll() is None, log.read_text()[-3000:]
 
         # 7. Ctrl-C (SIGINT, as ros2 launch sends it) while enabled: one hold, then a clean exit.
+        assert call(ros, Trigger, "/robot/policy/arm", Trigger.Request()).success
         assert set_parameter("enabled", True).successful
         t_on = time.monotonic()
         assert wait_for(lambda: sum(t > t_on and len(m.points) > 1 for t, m in trajectories) >= 3, 5)

@@ -46,6 +46,7 @@ PARAMETERS = {
     "trajectory_velocities": ("bool", True),  # knot velocities on JointTrajectory points (cubic, not straight, segments)
     "float_array_rate_hz": ("float", 100.0),  # float_array: the planned path streamed at this rate (the controller's)
     "enabled": ("bool", False),
+    "arming_window_s": ("float", 5.0),  # enabling needs ~/arm within this many seconds before (0: no arming step)
     "publish_hold": ("bool", True),
 }
 RUNTIME_PARAMETERS = ("enabled",)  # the only one `ros2 param set` may change; the rest need a restart
@@ -80,6 +81,8 @@ def validate(p: Dict[str, object]):
                           ("block_source", BLOCK_SOURCES), ("arm_model", ARM_MODELS)):
         if p[name] not in choices:
             problems.append(f"{name} must be one of {choices}, got {p[name]!r}")
+    if p["arming_window_s"] < 0:
+        problems.append(f"arming_window_s must be >= 0 (0: no arming step), got {p['arming_window_s']}")
     if not p["control_rate_hz"] <= p["float_array_rate_hz"] <= 2000:
         problems.append(f"float_array_rate_hz must be in [control_rate_hz, 2000], got {p['float_array_rate_hz']}")
     if len(p["workspace_min_px"]) != 2 or len(p["workspace_max_px"]) != 2 or \

@@ -18,8 +18,8 @@ executed actions, and a late chunk finds the arm still following the previous pr
 
 Inference runs in its own thread (``worker.py``); one executor thread serves the rest.
 
-Safety (``safety.py``): starts disabled (dry run) until ``~/enable`` (std_srvs/SetBool) is called
-with true (or ``ros2 param set <node> enabled true``); ``~/estop`` (Trigger) latches a stop until
+Safety (``safety.py``): starts disabled (dry run) until ``~/arm`` (Trigger) and then, within
+``arming_window_s``, ``~/enable`` (std_srvs/SetBool) with true (or ``ros2 param set <node> enabled true``); ``~/estop`` (Trigger) latches a stop until
 ``~/reset_estop`` (which leaves the node disabled); workspace, per-step and joint-speed clamps;
 stale observations (newest older than ``stale_factor * dt``) hold position; inference results later
 than ``inference_timeout_s`` are discarded. ``~/status`` (std_msgs/String, JSON) and
@@ -94,6 +94,7 @@ class PolicyNode(SafetySwitches):
         self.observations = TimedObservations(span=(self.n_obs_steps + p["stale_factor"] + 1) * self.dt)
         self.enabled = bool(p["enabled"])
         self.estopped = False
+        self.armed_until = 0.0        # ~/arm opens a window (monotonic time) in which enabling is accepted
         self.state = "waiting_for_observations"
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
         self.published_path = None    # (times, pixels, joints | None) the controller follows, from its setpoint on receipt
@@ -139,8 +140,8 @@ class PolicyNode(SafetySwitches):
         self.diagnostics = DiagnosticsReporter(node, f"policy_node: {node.get_fully_qualified_name()}")
         self.chunk_pub = node.create_publisher(PoseArray, "~/predicted_chunk", reliable)
         self.chunk_px_pub = node.create_publisher(Float64MultiArray, "~/predicted_chunk_px", reliable)
-        for srv_type, name, callback in ((SetBool, "~/enable", self._on_enable), (Trigger, "~/estop", self._on_estop),
-                                         (Trigger, "~/reset_estop", self._on_reset_estop)):
+        for srv_type, name, callback in ((SetBool, "~/enable", self._on_enable), (Trigger, "~/arm", self._on_arm),
+                                         (Trigger, "~/estop", self._on_estop), (Trigger, "~/reset_estop", self._on_reset_estop)):
             node.create_service(srv_type, name, callback)
 
         self.String = String

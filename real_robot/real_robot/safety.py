@@ -37,6 +37,12 @@ class SafetySwitches:
             with self.lock:
                 if parameter.value and self.estopped:
                     return SetParametersResult(successful=False, reason="e-stop latched; call ~/reset_estop first")
+                window = self.p["arming_window_s"]
+                if parameter.value and not self.enabled and window > 0:
+                    if time.monotonic() > self.armed_until:
+                        return SetParametersResult(successful=False, reason=(
+                            f"not armed: call ~/arm first, then enable within {window:g} s (arming_window_s)"))
+                    self.armed_until = 0.0  # one arming, one enable
                 if self.enabled and not parameter.value:
                     self._hold("disabled", force=True)  # the controller would otherwise finish the last trajectory
                 if parameter.value and not self.enabled:
@@ -57,6 +63,18 @@ class SafetySwitches:
         result = self._set_enabled_parameter(bool(request.data))  # the parameter always shows the state
         response.success = result.successful
         response.message = result.reason or ("enabled" if self.enabled else "disabled (dry run)")
+        return response
+
+    def _on_arm(self, request, response):
+        """The first of the two deliberate steps to enable: ``~/arm``, then ``~/enable`` (or ``ros2 param set
+        enabled true``) within ``arming_window_s``; a lone, accidental enable call is refused."""
+        with self.lock:
+            if self.estopped:
+                response.success, response.message = False, "e-stop latched; call ~/reset_estop first"
+                return response
+            self.armed_until = time.monotonic() + self.p["arming_window_s"]
+        response.success = True
+        response.message = f"armed: enable within {self.p['arming_window_s']:g} s"
         return response
 
     def _on_estop(self, request, response):
