@@ -6,7 +6,8 @@
 ``robot:=sim`` is the preset ``sim.launch.py`` starts next to a ``sim_robot``; to pair this file with a
 ``sim_robot`` started on its own, point the topic arguments at the sim's topics (``agent_pose_topic:=/sim/agent_pose``
 ``keypoints_topic:=/sim/block_keypoints`` ``namespace:=sim``).
-The node starts disabled (dry run): enable with
+The node starts disabled (dry run): arm, then enable within 5 s (``arming_window_s``):
+``ros2 service call /<namespace>/policy_node/arm std_srvs/srv/Trigger`` and
 ``ros2 service call /<namespace>/policy_node/enable std_srvs/srv/SetBool "{data: true}"``.
 """
 from launch import LaunchDescription
