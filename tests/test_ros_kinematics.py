@@ -322,9 +322,66 @@ def test_camera_images_are_resized_like_the_simulator_renders_them():
         assert decoded.shape == (3, 96, 96) and decoded.dtype == np.float32
         np.testing.assert_array_equal(np.rint(decoded * 255), observation)
     with pytest.raises(ValueError, match="encoding"):
-        image_from_msg(SimpleNamespace(encoding="mono8", height=1, width=1, step=1, data=b"\0"), 96)
+        image_from_msg(SimpleNamespace(encoding="16UC1", height=1, width=1, step=2, data=b"\0\0"), 96)
     with pytest.raises(ValueError, match="too short"):
         image_from_msg(SimpleNamespace(encoding="rgb8", height=4, width=4, step=12, data=b"\0" * 10), 96)
+
+
+def test_camera_frames_of_any_encoding_compressed_or_cropped_decode_to_the_training_image():
+    """A 96x96 table view inside a larger 4:3 camera frame: the ``image_crop`` of it decodes to exactly the
+    view, from rgb8, bgra8 and a PNG CompressedImage (JPEG decodes too, within its loss); mono8 gives
+    three equal channels; a crop outside the frame is refused."""
+    from types import SimpleNamespace
+
+    from io import BytesIO
+
+    from PIL import Image
+
+    from real_robot.observations import image_from_compressed, image_from_msg
+
+    def encoded(kind, **options):
+        buffer = BytesIO()
+        Image.fromarray(frame).save(buffer, format=kind, **options)
+        return SimpleNamespace(format=kind.lower(), data=buffer.getvalue())
+
+    y, x = np.mgrid[0:120, 0:160]
+    frame = np.stack([x * 1.5, y * 2.0, 128 + 100 * np.sin(x / 9.0) * np.cos(y / 7.0)], axis=2).astype(np.uint8)
+    crop = [30, 12, 96, 96]
+    view = frame[12:108, 30:126].transpose(2, 0, 1).astype(np.float32) / 255
+
+    def raw(encoding, pixels):
+        return SimpleNamespace(encoding=encoding, height=120, width=160, step=160 * pixels.shape[2],
+                               data=np.ascontiguousarray(pixels).tobytes())
+
+    bgra = np.concatenate([frame[..., ::-1], np.full((120, 160, 1), 255, np.uint8)], axis=2)
+    for msg in (raw("rgb8", frame), raw("bgra8", bgra)):
+        np.testing.assert_array_equal(image_from_msg(msg, 96, crop), view)
+    np.testing.assert_array_equal(image_from_compressed(encoded("PNG"), 96, crop), view)
+    jpeg_error = np.abs(image_from_compressed(encoded("JPEG", quality=95), 96, crop) - view).mean()
+    assert jpeg_error < 2 / 255  # lossy, but the same picture
+    gray = image_from_msg(raw("mono8", frame[..., :1]), 96, crop)
+    np.testing.assert_array_equal(gray[0], gray[2])
+    np.testing.assert_array_equal(gray[0], view[0])
+    with pytest.raises(ValueError, match="does not fit"):
+        image_from_msg(raw("rgb8", frame), 96, [100, 50, 96, 96])
+    with pytest.raises(ValueError, match="decode"):
+        image_from_compressed(SimpleNamespace(format="jpeg", data=b"not an image"), 96)
+
+
+def test_stamped_keypoints_keep_their_capture_stamp():
+    """block_source keypoints_stamped: a PolygonStamped's 9 points decode to the 18 values, and the node
+    files them under the message's stamp (capture time), not the arrival time."""
+    from types import SimpleNamespace
+
+    from real_robot.observations import keypoints_from_polygon
+
+    values = np.arange(18, dtype=np.float64) * 10.5
+    msg = SimpleNamespace(polygon=SimpleNamespace(points=[SimpleNamespace(x=x, y=y, z=0.0)
+                                                          for x, y in values.reshape(9, 2)]))
+    np.testing.assert_array_equal(keypoints_from_polygon(msg), values)
+    msg.polygon.points = msg.polygon.points[:8]
+    with pytest.raises(ValueError, match="9 finite points"):
+        keypoints_from_polygon(msg)
 
 
 def test_parameters_validate_per_arm():
@@ -419,6 +476,12 @@ import real_robot.policy_node
 from real_robot import observations
 image = type("Image", (), dict(encoding="rgb8", width=64, height=48, step=192, data=bytes(64 * 48 * 3)))()
 assert observations.image_from_msg(image, 96).shape == (3, 96, 96)
+from io import BytesIO
+from PIL import Image
+buffer = BytesIO()
+Image.new("RGB", (64, 48)).save(buffer, format="JPEG")
+compressed = type("C", (), dict(format="jpeg", data=buffer.getvalue()))()
+assert observations.image_from_compressed(compressed, 96, [8, 0, 48, 48]).shape == (3, 96, 96)
 calibration = observations.PlanarCalibration([0.001, 0.0, -0.25, 0.0, 0.001, -0.25], 0.0)
 pose = type("P", (), dict(pose=type("Q", (), dict(position=type("V", (), dict(x=0.1, y=0.2))(),
             orientation=type("O", (), dict(x=0.0, y=0.0, z=0.0, w=1.0))()))()))()

@@ -29,8 +29,8 @@ ARGUMENTS = (
     ("enabled", "false", "Start enabled (true) instead of dry run (false)"),
     ("agent_pose_topic", "/tcp_pose_broadcaster/pose", "PoseStamped of the tool (agent_source: pose)"),
     ("joint_states_topic", "/joint_states", "JointState of the arm (agent_source: joint_states)"),
-    ("keypoints_topic", "/block_keypoints", "Float64MultiArray of the 9 block keypoints in pixels"),
-    ("image_topic", "/camera/color/image_raw", "sensor_msgs/Image for image policies"),
+    ("keypoints_topic", "/block_keypoints", "the 9 block keypoints in pixels (Float64MultiArray, or PolygonStamped with block_source keypoints_stamped)"),
+    ("image_topic", "/camera/color/image_raw", "sensor_msgs/Image (or CompressedImage with image_transport compressed) for image policies"),
 )
 
 

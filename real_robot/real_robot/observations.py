@@ -32,6 +32,15 @@ def keypoints_from_array(msg) -> np.ndarray:
     return values
 
 
+def keypoints_from_polygon(msg) -> np.ndarray:
+    """The 9 block keypoints from a geometry_msgs/PolygonStamped (x, y in pixels; z ignored): a stamped
+    form, so the node uses the keypoints' capture time, not their arrival."""
+    values = np.array([(point.x, point.y) for point in msg.polygon.points], dtype=np.float64).reshape(-1)
+    if values.shape != (18,) or not np.isfinite(values).all():
+        raise ValueError(f"block keypoints polygon must hold 9 finite points, got {len(msg.polygon.points)}")
+    return values
+
+
 # The T block's 9 body-frame keypoints in the dataset's order (pixels). The node keeps its own copy so that
 # it imports nothing of the simulator (gymnasium, pygame, numba); a test pins it to dpstack.envs.geometry.
 TEE_KEYPOINTS = np.array([
@@ -79,20 +88,52 @@ def resize_bilinear(image: np.ndarray, size: int) -> np.ndarray:
             + row_w1.astype(np.float64)[:, None, None] * horizontal[rows[:, 1]])
 
 
-def image_from_msg(msg, size: int) -> np.ndarray:
-    """sensor_msgs/Image (rgb8 or bgr8, no cv_bridge) -> (3, size, size) float32 in [0, 1]."""
-    if msg.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"image encoding must be rgb8 or bgr8, got {msg.encoding!r}")
-    if msg.step < msg.width * 3 or len(msg.data) < msg.step * msg.height:
-        raise ValueError(f"image data ({len(msg.data)} bytes, step {msg.step}) too short for "
-                         f"{msg.width}x{msg.height} rgb")
-    rows = np.frombuffer(msg.data, dtype=np.uint8)[:msg.step * msg.height].reshape(msg.height, msg.step)
-    image = rows[:, :msg.width * 3].reshape(msg.height, msg.width, 3)
-    if msg.encoding == "bgr8":
-        image = image[..., ::-1]
+CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+def crop_resize(image: np.ndarray, size: int, crop: Sequence[int] = ()) -> np.ndarray:
+    """(H, W, 3) uint8 → (3, size, size) float32 in [0, 1]: the ``crop`` [x, y, width, height] (camera pixels;
+    empty: the whole frame) resized with the simulator's bilinear resize and rounded to uint8 levels as its
+    renderer's are. Crop the camera frame to the table square the training images show."""
+    if len(crop):
+        x, y, width, height = (int(v) for v in crop)
+        if x < 0 or y < 0 or width <= 0 or height <= 0 or x + width > image.shape[1] or y + height > image.shape[0]:
+            raise ValueError(f"image_crop {list(crop)} does not fit a {image.shape[1]}x{image.shape[0]} image")
+        image = image[y:y + height, x:x + width]
     if image.shape[:2] != (size, size):
-        image = np.rint(resize_bilinear(image, size))  # rounded to uint8 levels, as the simulator's
+        image = np.rint(resize_bilinear(image, size))
     return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1)) / np.float32(255.0)
+
+
+def image_from_msg(msg, size: int, crop: Sequence[int] = ()) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8 or mono8; no cv_bridge) → (3, size, size) float32 in [0, 1]."""
+    if msg.encoding not in CHANNELS:
+        raise ValueError(f"image encoding must be one of {sorted(CHANNELS)}, got {msg.encoding!r}")
+    channels = CHANNELS[msg.encoding]
+    if msg.step < msg.width * channels or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"image data ({len(msg.data)} bytes, step {msg.step}) too short for "
+                         f"{msg.width}x{msg.height} {msg.encoding}")
+    rows = np.frombuffer(msg.data, dtype=np.uint8)[:msg.step * msg.height].reshape(msg.height, msg.step)
+    image = rows[:, :msg.width * channels].reshape(msg.height, msg.width, channels)
+    if msg.encoding.startswith("bgr"):
+        image = image[..., 2::-1]
+    image = np.repeat(image, 3, axis=2) if channels == 1 else image[..., :3]
+    return crop_resize(image, size, crop)
+
+
+def image_from_compressed(msg, size: int, crop: Sequence[int] = ()) -> np.ndarray:
+    """sensor_msgs/CompressedImage (JPEG or PNG, as image_transport's ``compressed`` plugin sends) →
+    (3, size, size) float32 in [0, 1], decoded by Pillow (torchvision's own dependency; no OpenCV)."""
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(BytesIO(bytes(msg.data))) as picture:
+            image = np.asarray(picture.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot decode the compressed image (format {msg.format!r}): {error}") from None
+    return crop_resize(image, size, crop)
 
 
 def observation_parts(obs_type: str, agent_from_joints: bool) -> tuple:

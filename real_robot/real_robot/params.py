@@ -10,7 +10,8 @@ from real_robot.control import coerce
 
 OUTPUT_MODES = ("joint_trajectory", "pose", "float_array")
 AGENT_SOURCES = ("pose", "joint_states")
-BLOCK_SOURCES = ("keypoints", "block_pose")
+BLOCK_SOURCES = ("keypoints", "keypoints_stamped", "block_pose")
+IMAGE_TRANSPORTS = ("raw", "compressed")
 
 # name -> (kind, default); None = taken from the arm (joint_names, home_joints)
 PARAMETERS = {
@@ -28,6 +29,8 @@ PARAMETERS = {
     "home_joints": ("float_list", None),
     "agent_source": ("str", "pose"),
     "block_source": ("str", "keypoints"),
+    "image_transport": ("str", "raw"),       # raw: sensor_msgs/Image; compressed: CompressedImage (JPEG / PNG)
+    "image_crop": ("float_list", []),        # [x, y, width, height] of the camera frame showing the table; []: all
     "pixel_to_table": ("float_list", [0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2]),
     "table_height": ("float", 0.15),
     "tool_orientation": ("float_list", [1.0, 0.0, 0.0, 0.0]),
@@ -78,9 +81,12 @@ def validate(p: Dict[str, object]):
     if not 0 < p["control_rate_hz"] <= 1000:
         problems.append(f"control_rate_hz must be in (0, 1000], got {p['control_rate_hz']}")
     for name, choices in (("output_mode", OUTPUT_MODES), ("agent_source", AGENT_SOURCES),
-                          ("block_source", BLOCK_SOURCES), ("arm_model", ARM_MODELS)):
+                          ("block_source", BLOCK_SOURCES), ("arm_model", ARM_MODELS),
+                          ("image_transport", IMAGE_TRANSPORTS)):
         if p[name] not in choices:
             problems.append(f"{name} must be one of {choices}, got {p[name]!r}")
+    if len(p["image_crop"]) not in (0, 4) or (len(p["image_crop"]) == 4 and min(p["image_crop"][2:]) <= 0):
+        problems.append(f"image_crop must be [] or [x, y, width, height] with a positive size, got {p['image_crop']}")
     if p["arming_window_s"] < 0:
         problems.append(f"arming_window_s must be >= 0 (0: no arming step), got {p['arming_window_s']}")
     if not p["control_rate_hz"] <= p["float_array_rate_hz"] <= 2000:

@@ -3,8 +3,9 @@
 Observations (recent messages of each, by stamp; each tick uses the newest complete observation, a
 replan the n_obs_steps frames one period apart ending at it): the agent / end-effector position
 (``agent_pose`` PoseStamped in the table frame, or ``joint_states`` + the arm's forward kinematics),
-the block (``block_keypoints`` Float64MultiArray of 18 pixel values, or ``block_pose`` PoseStamped)
-for low-dim policies, ``image`` (sensor_msgs/Image, rgb8/bgr8) for image policies.
+the block (``block_keypoints``: Float64MultiArray of 18 pixel values, or PolygonStamped of the 9 points with
+their capture stamp; or ``block_pose`` PoseStamped) for low-dim policies, ``image`` (sensor_msgs/Image or
+CompressedImage, cropped with ``image_crop`` and resized to 96×96) for image policies.
 
 Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a ros2_control
 JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for
@@ -40,8 +41,8 @@ from real_robot.control import ActionSchedule, attach_joints, sample_trajectory
 from real_robot.diagnostics import DiagnosticsReporter
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
-    TimedObservations, agent_from_pose, compose_observation, image_from_msg, joints_from_state, keypoints_from_array,
-    keypoints_from_pose,
+    TimedObservations, agent_from_pose, compose_observation, image_from_compressed, image_from_msg, joints_from_state,
+    keypoints_from_array, keypoints_from_polygon, keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.safety import SafetySwitches
@@ -59,8 +60,8 @@ class PolicyNode(SafetySwitches):
         from rclpy.node import Node
         from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
 
-        from geometry_msgs.msg import PoseArray, PoseStamped
-        from sensor_msgs.msg import Image, JointState
+        from geometry_msgs.msg import PolygonStamped, PoseArray, PoseStamped
+        from sensor_msgs.msg import CompressedImage, Image, JointState
         from std_msgs.msg import Float64MultiArray, String
         from std_srvs.srv import SetBool, Trigger
         from trajectory_msgs.msg import JointTrajectory
@@ -126,9 +127,14 @@ class PolicyNode(SafetySwitches):
         subscribe(JointState, "joint_states", self._store("joints", lambda m: joints_from_state(m, p["joint_names"])),
                   sensor_qos)
         if self.obs_type == "image":
-            subscribe(Image, "image", self._store("image", lambda m: image_from_msg(m, self.image_size)), sensor_qos)
+            compressed = p["image_transport"] == "compressed"
+            decode = image_from_compressed if compressed else image_from_msg
+            subscribe(CompressedImage if compressed else Image, "image",
+                      self._store("image", lambda m: decode(m, self.image_size, p["image_crop"])), sensor_qos)
         elif p["block_source"] == "keypoints":
             subscribe(Float64MultiArray, "block_keypoints", self._store("keypoints", keypoints_from_array), sensor_qos)
+        elif p["block_source"] == "keypoints_stamped":
+            subscribe(PolygonStamped, "block_keypoints", self._store("keypoints", keypoints_from_polygon), sensor_qos)
         else:
             subscribe(PoseStamped, "block_pose",
                       self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)), sensor_qos)
