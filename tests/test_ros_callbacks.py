@@ -22,6 +22,9 @@ class Recorder:
     def publish(self, msg):
         self.messages.append(msg)
 
+    def get_subscription_count(self):
+        return 1  # a controller listens
+
 
 def test_holds_keep_the_commanded_setpoint(checkpoint):
     """In-process, callbacks called directly: a stale-observation hold sends the arm to the

@@ -283,3 +283,73 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
     finally:
         stop.set()
         observer.join()
+
+
+def test_controller_presence_and_speed_scaling_over_dds(install, checkpoint, tmp_path, processes, ros):
+    """Enabled with nothing subscribed to the command topic: the node says ``no_controller`` (WARN on
+    /diagnostics), never ``running``; a controller appears: ``running``. The controller's speed scaling
+    (std_msgs/Float64) drops below min_speed_scaling: one hold, state ``speed_scaled``, no trajectory; back to
+    1.0: the stream resumes."""
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64, Float64MultiArray, String
+    from trajectory_msgs.msg import JointTrajectory
+
+    from dpstack.envs.geometry import block_keypoints
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.kinematics import PlanarCalibration
+
+    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, max_joint_velocity=3.0,
+                          speed_scaling_topic="/fake/speed_scaling", min_speed_scaling=0.9)
+    command = launch_ros_command(install, "policy_node", "policy", "/arm", params,
+                                 remaps=[("agent_pose", "/fake2/tcp_pose"), ("block_keypoints", "/fake2/keypoints"),
+                                         ("/scaled_joint_trajectory_controller/joint_trajectory", "/fake2/commands")])
+    log = tmp_path / "policy.log"
+    processes.start(command, node_env(install), log)
+    calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
+    pose_pub = ros.create_publisher(PoseStamped, "/fake2/tcp_pose", 10)
+    keypoint_pub = ros.create_publisher(Float64MultiArray, "/fake2/keypoints", 10)
+    scaling_pub = ros.create_publisher(Float64, "/fake/speed_scaling", 10)
+    statuses, warnings = [], []
+    ros.create_subscription(String, "/arm/policy/status", lambda m: statuses.append(json.loads(m.data)), 50)
+    ros.create_subscription(DiagnosticArray, "/diagnostics", lambda m: warnings.extend(
+        s.message for s in m.status if s.level == DiagnosticStatus.WARN), 50)
+    stop = threading.Event()
+
+    def observe():
+        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
+        while not stop.is_set():
+            msg = PoseStamped()
+            msg.header.stamp = ros.get_clock().now().to_msg()
+            msg.pose.position.x, msg.pose.position.y = (float(v) for v in calibration.to_table(np.array([200.0, 300.0])))
+            msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
+            pose_pub.publish(msg)
+            keypoint_pub.publish(Float64MultiArray(data=keypoints))
+            time.sleep(DT / 2)
+
+    observer = threading.Thread(target=observe, daemon=True)
+    observer.start()
+    try:
+        assert wait_for(lambda: statuses and statuses[-1]["state"] == "no_controller", 60), log.read_text()[-3000:]
+        assert not any(s["state"] == "running" for s in statuses)
+        assert wait_for(lambda: any("no controller" in w for w in warnings), 5)
+        trajectories = []
+        ros.create_subscription(JointTrajectory, "/fake2/commands", lambda m: trajectories.append((time.monotonic(), m)), 50)
+        assert wait_for(lambda: statuses[-1]["state"] == "running" and len(trajectories) >= 3, 10), statuses[-1]
+        for _ in range(3):
+            scaling_pub.publish(Float64(data=0.5))
+            time.sleep(0.05)
+        assert wait_for(lambda: statuses[-1]["state"] == "speed_scaled", 5), statuses[-1]
+        t_slow = time.monotonic()
+        time.sleep(1.0)
+        during = [m for t, m in trajectories if t > t_slow]
+        assert all(len(m.points) == 1 for m in during) and len(during) <= 1  # at most the hold
+        assert statuses[-1]["holds"] >= 1
+        scaling_pub.publish(Float64(data=1.0))
+        t_back = time.monotonic()
+        assert wait_for(lambda: sum(t > t_back and len(m.points) > 1 for t, m in trajectories) >= 3, 10)
+        assert statuses[-1]["state"] == "running"
+    finally:
+        stop.set()
+        observer.join()

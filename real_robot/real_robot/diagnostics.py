@@ -2,7 +2,8 @@
 place robot integrators watch (rqt_robot_monitor, diagnostic_aggregator).
 
 Level: ERROR while e-stopped; WARN when, since the previous report, a chunk came late, an inference timed
-out, observations went stale (a hold), or while observations are missing; OK otherwise. The values are the
+out, observations went stale (a hold), or while observations are missing, no controller subscribes to the
+commands, or the controller's speed scaling holds the node; OK otherwise. The values are the
 node's counters (chunks, on time, late, dropped, timeouts, clamps, holds, IK failures, commands) and its
 latest inference and end-to-end latencies.
 """
@@ -29,6 +30,10 @@ class DiagnosticsReporter:
             return status.WARN, f"{state}; since the last report: {', '.join(grown)}"
         if state == "waiting_for_observations":
             return status.WARN, "waiting for observations"
+        if state == "no_controller":
+            return status.WARN, "enabled, but no controller subscribes to the command topic"
+        if state == "speed_scaled":
+            return status.WARN, "holding: the controller's speed scaling is below min_speed_scaling"
         return status.OK, state
 
     def maybe_publish(self, now: float, state: str, stats: dict, latencies: dict) -> bool:

@@ -48,6 +48,8 @@ PARAMETERS = {
     "schedule_full_horizon": ("bool", True),  # also schedule the prediction past Ta: a late chunk finds the arm moving
     "trajectory_velocities": ("bool", True),  # knot velocities on JointTrajectory points (cubic, not straight, segments)
     "float_array_rate_hz": ("float", 100.0),  # float_array: the planned path streamed at this rate (the controller's)
+    "speed_scaling_topic": ("str", ""),     # std_msgs/Float64 in [0, 1] (UR: /speed_scaling_state_broadcaster/speed_scaling)
+    "min_speed_scaling": ("float", 0.9),     # hold while the controller runs slower than this share of real time
     "enabled": ("bool", False),
     "arming_window_s": ("float", 5.0),  # enabling needs ~/arm within this many seconds before (0: no arming step)
     "publish_hold": ("bool", True),
@@ -87,6 +89,8 @@ def validate(p: Dict[str, object]):
             problems.append(f"{name} must be one of {choices}, got {p[name]!r}")
     if len(p["image_crop"]) not in (0, 4) or (len(p["image_crop"]) == 4 and min(p["image_crop"][2:]) <= 0):
         problems.append(f"image_crop must be [] or [x, y, width, height] with a positive size, got {p['image_crop']}")
+    if not 0 < p["min_speed_scaling"] <= 1:
+        problems.append(f"min_speed_scaling must be in (0, 1], got {p['min_speed_scaling']}")
     if p["arming_window_s"] < 0:
         problems.append(f"arming_window_s must be >= 0 (0: no arming step), got {p['arming_window_s']}")
     if not p["control_rate_hz"] <= p["float_array_rate_hz"] <= 2000:

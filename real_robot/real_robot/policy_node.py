@@ -29,6 +29,7 @@ than ``inference_timeout_s`` are discarded. ``~/status`` (std_msgs/String, JSON)
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -62,7 +63,7 @@ class PolicyNode(SafetySwitches):
 
         from geometry_msgs.msg import PolygonStamped, PoseArray, PoseStamped
         from sensor_msgs.msg import CompressedImage, Image, JointState
-        from std_msgs.msg import Float64MultiArray, String
+        from std_msgs.msg import Float64, Float64MultiArray, String
         from std_srvs.srv import SetBool, Trigger
         from trajectory_msgs.msg import JointTrajectory
 
@@ -95,6 +96,7 @@ class PolicyNode(SafetySwitches):
         self.observations = TimedObservations(span=(self.n_obs_steps + p["stale_factor"] + 1) * self.dt)
         self.enabled = bool(p["enabled"])
         self.estopped = False
+        self.speed_scaling = None     # the controller's execution speed factor, when speed_scaling_topic is set
         self.armed_until = 0.0        # ~/arm opens a window (monotonic time) in which enabling is accepted
         self.state = "waiting_for_observations"
         self.hold_setpoint = None     # (pixels, joints) the current hold sent the arm to; None: not holding
@@ -139,6 +141,8 @@ class PolicyNode(SafetySwitches):
             subscribe(PoseStamped, "block_pose",
                       self._store("keypoints", lambda m: keypoints_from_pose(m, self.calibration)), sensor_qos)
 
+        if p["speed_scaling_topic"]:
+            subscribe(Float64, p["speed_scaling_topic"], self._on_speed_scaling, sensor_qos)
         mode = p["output_mode"]
         message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
         self.command_pub = node.create_publisher(message_type, p["command_topic"], reliable)
@@ -192,6 +196,11 @@ class PolicyNode(SafetySwitches):
                 self.observations.add(key, value, stamp)
         return callback
 
+    def _on_speed_scaling(self, msg) -> None:
+        value = float(msg.data)
+        if math.isfinite(value):
+            self.speed_scaling = value / 100.0 if value > 1.0 else value  # older UR drivers sent percent
+
     def _compose(self, parts):
         return compose_observation(parts, self.obs_type, self.p["agent_source"] == "joint_states",
                                    self.arm, self.calibration)
@@ -221,7 +230,7 @@ class PolicyNode(SafetySwitches):
             else:
                 _, t_obs, agent_px = sample
                 self.agent_px = agent_px
-                if not self._hold_if_stale(now, t_obs):
+                if not self._hold_if_stale(now, t_obs) and not self._hold_if_slowed():
                     self.hold_setpoint = None
                     self._tick_plan(now, t_obs)
             self._publish_status(now)
@@ -245,6 +254,8 @@ class PolicyNode(SafetySwitches):
             self.state = "waiting_for_chunk"
             return
         self.state = "running" if self.enabled else "dry_run"
+        if self.enabled and self.command_pub.get_subscription_count() == 0:
+            self.state = "no_controller"  # commands go out, but nothing listens: not reported as running
         if pending[0].tail and pending[0] is not self.last_tail_point:  # counted once per action, not per tick
             self.last_tail_point = pending[0]
             self.stats["tail_steps"] += 1

@@ -173,6 +173,18 @@ class SafetySwitches:
         else:  # a forward controller keeps its last command: the setpoint the stream had reached
             self.command_pub.publish(self.commands.float_array(joints))
 
+    def _hold_if_slowed(self) -> bool:
+        """The controller runs trajectories slower than real time (UR speed slider, a safeguard slow-down, a
+        pause): speed scaling below ``min_speed_scaling``. The schedule's latency compensation assumes real
+        time, so hold (once) until the scaling is back; the next plan then starts from the held setpoint."""
+        scaling = self.speed_scaling
+        if scaling is None or scaling >= self.p["min_speed_scaling"]:
+            return False
+        if not self.holding:
+            self._hold(f"speed scaling {scaling:.2f} < min_speed_scaling {self.p['min_speed_scaling']:.2f}")
+        self.state = "speed_scaled"
+        return True
+
     def _hold_if_stale(self, now: float, t_obs: float) -> bool:
         """Newest observation older than stale_factor·dt: hold (once) and say so. Under the lock."""
         if -self.dt <= now - t_obs <= self.p["stale_factor"] * self.dt:  # (stamps beyond +dt are refused)
