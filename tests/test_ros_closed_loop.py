@@ -41,10 +41,18 @@ def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
 PRETRAINED = REPO / "pretrained" / "pusht_lowdim_small.ckpt"  # the policy whose DDS loop was validated (BENCHMARKS.md)
 
 
-def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
+# The UR preset's clamps (0.25 m/s tool speed = 312 px/s at 0.8 mm/px, joints 1.5 rad/s, the workspace box), with
+# the sim's topics and agent source: the limits a real arm runs under, in the simulated loop.
+UR_CLAMPS = ("workspace_min_px", "workspace_max_px", "max_step_px", "max_velocity_px_s", "max_tool_speed_m_s",
+             "max_joint_velocity")
+
+
+@pytest.mark.parametrize("clamps", ["sim", "ur"])
+def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros, clamps):
     """policy_node + sim_robot as separate processes (JointTrajectory through the UR5e IK and
     back through FK in the sim) solve the seeds the in-process evaluation of the same trained
-    policy solves, with the same score within a small tolerance.
+    policy solves, with the same score within a small tolerance: with the sim preset's clamps, and with
+    the real UR preset's (0.25 m/s tool speed, 1.5 rad/s joints, the workspace margin).
 
     A trained policy is needed for a meaningful comparison: the real-time loop executes a chunk
     from the first action still ahead when a control tick publishes it (the actions due while it
@@ -56,6 +64,9 @@ def test_closed_loop_policy_and_sim_over_dds(install, tmp_path, processes, ros):
     seeds, max_steps = (100001, 100004, 100007), 300  # the evaluation protocol's episode length
     scores = {seed: [] for seed in seeds}
     preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
+    if clamps == "ur":
+        ur = yaml.safe_load((PACKAGE / "config" / "ur.yaml").read_text())["/**"]["ros__parameters"]
+        preset.update({key: ur[key] for key in UR_CLAMPS})
     for seed in seeds:  # one pair of processes at a time: two cores
         ns = f"/loop{seed}"
         sim_params = write_params(tmp_path / f"sim{seed}.yaml", seed=seed, max_steps=max_steps, control_rate_hz=10)
@@ -108,6 +119,9 @@ def test_image_policy_closed_loop_over_dds(install, image_checkpoint, tmp_path, 
 
     ns = "/image_loop"
     preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
+    if clamps == "ur":
+        ur = yaml.safe_load((PACKAGE / "config" / "ur.yaml").read_text())["/**"]["ros__parameters"]
+        preset.update({key: ur[key] for key in UR_CLAMPS})
     sim_params = write_params(tmp_path / "sim.yaml", seed=100000, max_steps=300, publish_images=True)
     policy_params = write_params(tmp_path / "policy.yaml",
                                  **{**preset, "checkpoint": str(image_checkpoint), "enabled": True})
