@@ -19,12 +19,11 @@ executed actions, and a late chunk finds the arm still following the previous pr
 
 Inference runs in its own thread (``worker.py``); one executor thread serves the rest.
 
-Safety (``safety.py``): starts disabled (dry run) until ``~/arm`` (Trigger) and then, within
-``arming_window_s``, ``~/enable`` (std_srvs/SetBool) with true (or ``ros2 param set <node> enabled true``); ``~/estop`` (Trigger) latches a stop until
-``~/reset_estop`` (which leaves the node disabled); workspace, per-step and joint-speed clamps;
-stale observations (newest older than ``stale_factor * dt``) hold position; inference results later
-than ``inference_timeout_s`` are discarded. ``~/status`` (std_msgs/String, JSON) and
-``~/predicted_chunk`` (PoseArray, table frame) are published for monitoring.
+Safety (``safety.py``): starts disabled (dry run) until ``~/arm`` and, within ``arming_window_s``,
+``~/enable`` (or ``ros2 param set <node> enabled true``); ``~/estop`` latches a stop until ``~/reset_estop``;
+workspace, per-step and joint-speed clamps; stale observations and a controller slowed below
+``min_speed_scaling`` hold position; late inference results are discarded. ``~/status`` (JSON: the state of
+the README's state table and counters), ``/diagnostics`` and ``~/predicted_chunk`` are for monitoring.
 """
 from __future__ import annotations
 
