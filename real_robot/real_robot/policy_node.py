@@ -28,7 +28,6 @@ the README's state table and counters), ``/diagnostics`` and ``~/predicted_chunk
 from __future__ import annotations
 
 import json
-import math
 import sys
 import threading
 import time
@@ -41,10 +40,11 @@ from real_robot.control import ActionSchedule, attach_joints, sample_trajectory
 from real_robot.diagnostics import DiagnosticsReporter
 from real_robot.kinematics import PlanarCalibration
 from real_robot.observations import (
-    TimedObservations, agent_from_pose, compose_observation, image_from_compressed, image_from_msg, joints_from_state,
-    keypoints_from_array, keypoints_from_polygon, keypoints_from_pose,
+    TimedObservations, agent_from_pose, image_from_compressed, image_from_msg, joints_from_state, keypoints_from_array,
+    keypoints_from_polygon, keypoints_from_pose,
 )
 from real_robot.params import ConfigError, read_parameters, validate
+from real_robot.inputs import ObservationInputs
 from real_robot.safety import SafetySwitches
 from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
 from real_robot.worker import WakeableWorker
@@ -52,7 +52,7 @@ from real_robot.worker import WakeableWorker
 PUSHT_IMAGE_SIZE = 96  # image policies see 96x96 frames (the Push-T dataset's size); any camera size is resized
 
 
-class PolicyNode(SafetySwitches):
+class PolicyNode(ObservationInputs, SafetySwitches):
     """Owns the rclpy node and the inference thread; built by ``main`` (and by tests in-process)."""
 
     def __init__(self, node_name: str = "policy_node", policy=None) -> None:
@@ -168,54 +168,6 @@ class PolicyNode(SafetySwitches):
             f"policy {p['checkpoint']} ({self.obs_type}, To={self.n_obs_steps}, Ta={self.n_action_steps}) at "
             f"{p['control_rate_hz']} Hz, output {mode} on {self.command_pub.topic_name}, "
             f"{'ENABLED' if self.enabled else 'disabled (dry run)'}; warm-up inference {self.latency_estimate * 1e3:.0f} ms")
-
-    # --- observations ---------------------------------------------------------------------
-    def now(self) -> float:
-        return self.node.get_clock().now().nanoseconds * 1e-9
-
-    def _store(self, key, decode):
-        def callback(msg):
-            try:
-                value = decode(msg)
-                if not np.isfinite(value).all():  # NaN/inf counts as missing: the stale watchdog then holds
-                    raise ValueError("it holds non-finite values (NaN or inf)")
-            except Exception as error:  # noqa: BLE001 - a malformed message must never stop the controller
-                self.node.get_logger().warning(f"ignoring {key} message: {error}", throttle_duration_sec=2.0)
-                return
-            header = getattr(msg, "header", None)
-            stamp = header.stamp.sec + header.stamp.nanosec * 1e-9 if header is not None else 0.0
-            now = self.now()
-            if stamp == 0.0:
-                stamp = now
-            elif stamp > now + self.dt:
-                self.node.get_logger().warning(f"ignoring {key} message stamped {stamp - now:.3f} s in the future: "
-                                               "synchronise the clocks (chrony / NTP)", throttle_duration_sec=2.0)
-                return
-            with self.lock:
-                self.observations.add(key, value, stamp)
-        return callback
-
-    def _on_speed_scaling(self, msg) -> None:
-        value = float(msg.data)
-        if math.isfinite(value):
-            self.speed_scaling = value / 100.0 if value > 1.0 else value  # older UR drivers sent percent
-
-    def _compose(self, parts):
-        return compose_observation(parts, self.obs_type, self.p["agent_source"] == "joint_states",
-                                   self.arm, self.calibration)
-
-    def _sample(self):
-        """The newest complete observation, its time (the oldest stamp of its parts), the agent."""
-        with self.lock:
-            newest = self.observations.newest()
-        return self._compose(newest)
-
-    def _stacked_history(self, t_obs: float):
-        """The policy input: n_obs_steps frames one period apart ending at t_obs, picked by stamp
-        (each (1, n_obs_steps, ...)). Under the lock."""
-        frames = [self._compose(parts)[0] for parts in self.observations.history(
-            t_obs, self.n_obs_steps, self.dt, max_hold=self.p["stale_factor"] * self.dt)]
-        return {key: np.stack([frame[key] for frame in frames], axis=1) for key in frames[-1]}
 
     # --- control clock --------------------------------------------------------------------
     def _control_tick(self) -> None:
