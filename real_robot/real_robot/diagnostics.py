@@ -9,7 +9,7 @@ latest inference and end-to-end latencies.
 """
 from __future__ import annotations
 
-WARN_COUNTERS = ("late", "timeouts", "stale_chunks", "holds")
+WARN_COUNTERS = ("late", "timeouts", "stale_chunks", "holds", "goals_rejected", "goals_failed")
 
 
 class DiagnosticsReporter:

@@ -8,7 +8,7 @@ from typing import Dict
 from real_robot.arms import ARM_MODELS, make_arm
 from real_robot.control import coerce
 
-OUTPUT_MODES = ("joint_trajectory", "pose", "float_array")
+OUTPUT_MODES = ("joint_trajectory", "follow_joint_trajectory", "pose", "float_array")
 AGENT_SOURCES = ("pose", "joint_states")
 BLOCK_SOURCES = ("keypoints", "keypoints_stamped", "block_pose")
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -23,6 +23,7 @@ PARAMETERS = {
     "seed": ("int", 0),
     "output_mode": ("str", "joint_trajectory"),
     "command_topic": ("str", "/scaled_joint_trajectory_controller/joint_trajectory"),
+    "action_name": ("str", "/scaled_joint_trajectory_controller/follow_joint_trajectory"),  # follow_joint_trajectory
     "arm_model": ("str", "ur5e"),
     "ur_model": ("str", None),   # renamed to arm_model; still declared so an old params file fails loudly
     "joint_names": ("str_list", None),
@@ -106,7 +107,7 @@ def validate(p: Dict[str, object]):
         problems.append(f"parameter 'ur_model' was renamed: set arm_model: {p['ur_model']} (ur5 | ur5e | fr3) instead")
     arm = make_arm(p["arm_model"]) if p["arm_model"] in ARM_MODELS else None
     # Joint names and home only matter where joints are commanded or measured (pose output drives any arm).
-    needs_joints = p["output_mode"] in ("joint_trajectory", "float_array") or p["agent_source"] == "joint_states"
+    needs_joints = p["output_mode"] != "pose" or p["agent_source"] == "joint_states"
     if arm is not None:
         p["joint_names"] = list(arm.joint_names) if p["joint_names"] is None else p["joint_names"]
         p["home_joints"] = list(arm.home) if p["home_joints"] is None else p["home_joints"]

@@ -8,7 +8,8 @@ their capture stamp; or ``block_pose`` PoseStamped) for low-dim policies, ``imag
 CompressedImage, cropped with ``image_crop`` and resized to 96×96) for image policies.
 
 Commands (``output_mode``): ``joint_trajectory`` (trajectory_msgs/JointTrajectory for a ros2_control
-JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``pose`` (PoseStamped for
+JointTrajectoryController; UR5/UR5e closed-form or FR3 numerical IK), ``follow_joint_trajectory`` (the same
+trajectories as goals of its FollowJointTrajectory action, ``trajectory_action.py``), ``pose`` (PoseStamped for
 Cartesian controllers, stamped with the action's scheduled time) or ``float_array``
 (Float64MultiArray of joint positions for a forward position controller, streamed at
 ``float_array_rate_hz`` along the planned path). Trajectory points carry knot velocities (cubic
@@ -46,6 +47,7 @@ from real_robot.observations import (
 from real_robot.params import ConfigError, read_parameters, validate
 from real_robot.inputs import ObservationInputs
 from real_robot.safety import SafetySwitches
+from real_robot.trajectory_action import ActionCommander
 from real_robot.signals import ignore_interrupts, init_with_interrupts, shutdown
 from real_robot.worker import WakeableWorker
 
@@ -143,8 +145,11 @@ class PolicyNode(ObservationInputs, SafetySwitches):
         if p["speed_scaling_topic"]:
             subscribe(Float64, p["speed_scaling_topic"], self._on_speed_scaling, sensor_qos)
         mode = p["output_mode"]
-        message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
-        self.command_pub = node.create_publisher(message_type, p["command_topic"], reliable)
+        if mode == "follow_joint_trajectory":
+            self.command_pub = ActionCommander(node, follow_joint_trajectory_action(), p["action_name"])
+        else:
+            message_type = {"joint_trajectory": JointTrajectory, "pose": PoseStamped, "float_array": Float64MultiArray}[mode]
+            self.command_pub = node.create_publisher(message_type, p["command_topic"], reliable)
         self.status_pub = node.create_publisher(String, "~/status", reliable)
         self.diagnostics = DiagnosticsReporter(node, f"policy_node: {node.get_fully_qualified_name()}")
         self.chunk_pub = node.create_publisher(PoseArray, "~/predicted_chunk", reliable)
@@ -311,13 +316,22 @@ class PolicyNode(ObservationInputs, SafetySwitches):
 
     # --- status ---------------------------------------------------------------------------
     def _publish_status(self, now: float) -> None:
+        stats = {**self.stats, **getattr(self.command_pub, "stats", {})}  # the action's goal counters
         status = dict(state=self.state, enabled=self.enabled, estop=self.estopped, time=now,
                       latency_estimate=self.latency_estimate, pending=len(self.schedule.pending(now)),
-                      last_inference_s=self.last_latency, last_e2e_s=self.last_e2e,
-                      **self.stats)
+                      last_inference_s=self.last_latency, last_e2e_s=self.last_e2e, **stats)
         self.status_pub.publish(self.String(data=json.dumps(status)))
-        self.diagnostics.maybe_publish(now, self.state, self.stats, dict(
+        self.diagnostics.maybe_publish(now, self.state, stats, dict(
             latency_estimate_s=self.latency_estimate, last_inference_s=self.last_latency, last_e2e_s=self.last_e2e))
+
+
+def follow_joint_trajectory_action():
+    try:
+        from control_msgs.action import FollowJointTrajectory
+    except ImportError:
+        raise ConfigError("output_mode follow_joint_trajectory needs control_msgs "
+                          "(apt install ros-$ROS_DISTRO-control-msgs)") from None
+    return FollowJointTrajectory
 
 
 def main(args=None) -> int:

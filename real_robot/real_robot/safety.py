@@ -164,7 +164,7 @@ class SafetySwitches:
             joints = self.arm.inverse(self.calibration.tool_pose(setpoint_px), seed)
         if joints is None:
             return
-        if mode == "joint_trajectory":
+        if mode in ("joint_trajectory", "follow_joint_trajectory"):
             self.command_pub.publish(self.commands.hold_trajectory(joints, self.dt))
             if setpoint_px is not None:  # the controller now holds there: a later plan starts from it
                 now = self.now()
