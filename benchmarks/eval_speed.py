@@ -37,9 +37,9 @@ def evaluate(policy, episodes: int, n_envs: int, n_workers: int | None) -> tuple
     runner = PushTRunner(config, policy.config.n_obs_steps, policy.config.n_action_steps)
     predict, in_policy = torch_predictor(policy, episode_seed=42), [0.0]
 
-    def timed_predict(*args):
+    def timed_predict(*args, **kwargs):
         started = time.perf_counter()
-        actions = predict(*args)
+        actions = predict(*args, **kwargs)
         in_policy[0] += time.perf_counter() - started
         return actions
 
