@@ -1,7 +1,7 @@
 """Evaluate a checkpoint with the paper's protocol:
 
     python eval.py --checkpoint CKPT [CKPT ...] --output_dir DIR [--device cpu] [--n_test 50]
-                   [--test_start_seed 100000] [--n_train 6] [--n_envs K] [--num_inference_steps K]
+                   [--test_start_seed 100000] [--n_train 6] [--n_envs 56] [--n_workers 0] [--num_inference_steps K]
 
 Writes ``DIR/eval_log.json`` (``test/mean_score`` = mean of per-episode max reward,
 ``test/success_rate``, per-seed results) and rollout videos in ``DIR/media/``. Several checkpoints (e.g.
@@ -18,6 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 
+def workers_argument(text: str) -> int | None:
+    return None if text.lower() == "none" else int(text)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a Diffusion Policy checkpoint in the Push-T simulator.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -29,8 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test_start_seed", type=int, default=100000, help="first test seed (the paper's)")
     parser.add_argument("--n_train", type=int, default=6, help="episodes on training seeds")
     parser.add_argument("--train_start_seed", type=int, default=0, help="first training seed")
-    parser.add_argument("--n_envs", type=int, default=8, help="environments stepped in lockstep, one policy batch")
-    parser.add_argument("--n_workers", type=int, default=None, help="env processes (None: one per env; 0: in-process)")
+    parser.add_argument("--n_envs", type=int, default=56,
+                        help="environments stepped in lockstep, one policy batch (results do not depend on it)")
+    parser.add_argument("--n_workers", type=workers_argument, default=0,
+                        help="0: envs in this process (the fastest, measured); K: K env processes, each hosting a "
+                             "share of the envs (crashes and hangs are contained); none: one process per env")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps (None: the checkpoint's)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="None: the checkpoint's")
     parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (None: the checkpoint's)")

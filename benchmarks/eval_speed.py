@@ -43,6 +43,8 @@ def evaluate(policy, episodes: int, n_envs: int, n_workers: int | None) -> tuple
         in_policy[0] += time.perf_counter() - started
         return actions
 
+    timed_predict.accepts_episode_keys = True  # the runner then passes the episode keys (per-episode noise)
+
     started = time.perf_counter()
     result = runner.run(timed_predict, progress=False)
     return time.perf_counter() - started, in_policy[0], result.metrics()["test/mean_score"]
@@ -54,7 +56,15 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--settings", default=None,
+                        help="n_envs:n_workers pairs, e.g. 8:none,50:0,56:0 (none = a process per env; the last one "
+                             "is the ratios' baseline); default: the table's seven, against the original layout")
     args = parser.parse_args()
+    settings, baseline = SETTINGS, ORIGINAL
+    if args.settings:
+        settings = [(int(envs), None if workers == "none" else int(workers))
+                    for envs, workers in (pair.split(":") for pair in args.settings.split(","))]
+        baseline = settings[-1]
     if args.threads:
         torch.set_num_threads(args.threads)
     policy = load_policy(args.checkpoint)
@@ -62,17 +72,17 @@ def main() -> None:
     print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}")
     print(f"{args.checkpoint.name}: {args.episodes} test episodes a setting, {args.repeats} repeats (interleaved)")
-    times = {setting: [] for setting in SETTINGS}
-    policy_share, scores = {setting: [] for setting in SETTINGS}, {}
+    times = {setting: [] for setting in settings}
+    policy_share, scores = {setting: [] for setting in settings}, {}
     for _ in range(args.repeats):
-        for setting in SETTINGS:
+        for setting in settings:
             seconds, in_policy, scores[setting] = evaluate(policy, args.episodes, *setting)
             times[setting].append(seconds)
             policy_share[setting].append(in_policy / seconds)
-    original = statistics.median(times[ORIGINAL])
-    print("\n| n_envs | n_workers | median s | episodes/min | × original layout | in the policy | mean score |")
+    original = statistics.median(times[baseline])
+    print(f"\n| n_envs | n_workers | median s | episodes/min | × ({baseline[0]}, {baseline[1]}) | in the policy | mean score |")
     print("|---|---|---|---|---|---|---|")
-    for setting in SETTINGS:
+    for setting in settings:
         median = statistics.median(times[setting])
         workers = "a process per env" if setting[1] is None else ("in-process" if setting[1] == 0 else setting[1])
         print(f"| {setting[0]} | {workers} | {median:.1f} | {60 * args.episodes / median:.0f} | "

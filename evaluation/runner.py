@@ -31,8 +31,9 @@ class RunnerConfig:
     n_train: int = 6
     train_start_seed: int = 0
     max_steps: int = 300
-    n_envs: int = 8
-    n_workers: int | None = None  # None: one process per env; 0: in-process
+    n_envs: int = 56              # the protocol's 56 episodes in one lockstep wave, one policy batch
+    n_workers: int | None = 0     # 0: in-process (fastest here: BENCHMARKS "Evaluation speed"); K: K env processes;
+                                  # None: one process per env (the original's layout)
     n_test_videos: int = 4
     n_train_videos: int = 2
     legacy: bool = True

@@ -100,7 +100,8 @@ def test_robot_node_loads_an_exported_policy(tmp_path, checkpoint):
     try:
         node = PolicyNode("exported_probe")
         assert isinstance(node.policy, ExportedPolicy)
-        node.command_pub = type("Recorder", (), {"topic_name": "/recorded", "publish": lambda _, m: published.append(m)})()
+        node.command_pub = type("Recorder", (), {"topic_name": "/recorded", "publish": lambda _, m: published.append(m),
+                                                 "get_subscription_count": lambda _: 1})()
         keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
         for _ in range(2):
             node.observations.add("agent", np.array([200.0, 300.0]), node.now())
