@@ -183,6 +183,9 @@ def test_joint_trajectory_stream_and_safety(install, checkpoint, tmp_path, proce
             assert np.isfinite(joints).all() and np.abs(joints).max() <= 2 * np.pi
             if len(joints) > 1:
                 assert (np.abs(np.diff(joints, axis=0)).max(axis=1) / np.diff(times)).max() <= max_joint_velocity + 1e-6
+            velocities = np.array([p.velocities for p in msg.points])  # knot velocities: cubic segments, at rest at the end
+            assert velocities.shape == joints.shape and np.abs(velocities).max() <= max_joint_velocity + 1e-9
+            assert not velocities[-1].any()
             for q in joints:  # every target lies over the clamped workspace at table height
                 tool = kin.forward(q)
                 assert tool[2, 3] == pytest.approx(0.15, abs=1e-6)
@@ -350,6 +353,72 @@ def test_controller_presence_and_speed_scaling_over_dds(install, checkpoint, tmp
         t_back = time.monotonic()
         assert wait_for(lambda: sum(t > t_back and len(m.points) > 1 for t, m in trajectories) >= 3, 10)
         assert statuses[-1]["state"] == "running"
+    finally:
+        stop.set()
+        observer.join()
+
+
+def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_path, processes, ros):
+    """The node as launched, 0.5 s added to every inference (``simulated_inference_delay_s``), PoseStamped
+    commands to a fake Cartesian controller whose arm goes where it is sent: every chunk is late for its Ta
+    actions, the arm rides the previous chunk's tail, and a command still arrives every period, each within
+    the step clamp of the one before (0.25 m/s: 31.25 px per period of their scheduled times)."""
+    from geometry_msgs.msg import PoseStamped
+    from std_msgs.msg import Float64MultiArray, String
+
+    from dpstack.envs.geometry import block_keypoints
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.kinematics import PlanarCalibration
+
+    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, output_mode="pose",
+                          command_topic="/slow/target_pose", simulated_inference_delay_s=0.5, inference_timeout_s=3.0)
+    command = launch_ros_command(install, "policy_node", "policy", "/slow", params,
+                                 remaps=[("agent_pose", "/slow/tcp_pose"), ("block_keypoints", "/slow/keypoints")])
+    log = tmp_path / "policy.log"
+    processes.start(command, node_env(install), log)
+    calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
+    pose_pub = ros.create_publisher(PoseStamped, "/slow/tcp_pose", 10)
+    keypoint_pub = ros.create_publisher(Float64MultiArray, "/slow/keypoints", 10)
+    commands, statuses = [], []
+    where = {"xy": calibration.to_table(np.array([200.0, 300.0]))}
+
+    def on_command(msg):
+        due = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9  # the action's scheduled time
+        commands.append((time.monotonic(), calibration.to_pixels(np.array([msg.pose.position.x, msg.pose.position.y])),
+                         due))
+        where["xy"] = (msg.pose.position.x, msg.pose.position.y)  # an ideal arm: it is where it was sent
+
+    ros.create_subscription(PoseStamped, "/slow/target_pose", on_command, 50)
+    ros.create_subscription(String, "/slow/policy/status", lambda m: statuses.append(json.loads(m.data)), 50)
+    stop = threading.Event()
+
+    def observe():
+        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
+        while not stop.is_set():
+            msg = PoseStamped()
+            msg.header.stamp = ros.get_clock().now().to_msg()
+            msg.pose.position.x, msg.pose.position.y = (float(v) for v in where["xy"])
+            msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
+            pose_pub.publish(msg)
+            keypoint_pub.publish(Float64MultiArray(data=keypoints))
+            time.sleep(DT / 2)
+
+    observer = threading.Thread(target=observe, daemon=True)
+    observer.start()
+    try:
+        assert wait_for(lambda: commands, 60), log.read_text()[-3000:]
+        started = time.monotonic()
+        time.sleep(5.0)
+        window = [command for command in commands if command[0] > started]
+        gaps = np.diff([t for t, _, _ in window])
+        assert len(window) >= 45 and gaps.max() < 0.25, (len(window), gaps.max())  # a command every period
+        steps = np.linalg.norm(np.diff([px for _, px, _ in window], axis=0), axis=1)
+        periods = np.maximum(1.0, np.diff([due for _, _, due in window]) / DT)  # a late tick skips a planned point
+        assert (steps / periods).max() <= 31.25 + 1e-3, (steps / periods).max()
+        status = statuses[-1]
+        assert status["late"] >= 3 and status["tail_steps"] >= 10 and status["on_time"] == 0, status
+        assert status["last_inference_s"] >= 0.5
     finally:
         stop.set()
         observer.join()

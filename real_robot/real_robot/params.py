@@ -51,6 +51,7 @@ PARAMETERS = {
     "float_array_rate_hz": ("float", 100.0),  # float_array: the planned path streamed at this rate (the controller's)
     "speed_scaling_topic": ("str", ""),     # std_msgs/Float64 in [0, 1] (UR: /speed_scaling_state_broadcaster/speed_scaling)
     "min_speed_scaling": ("float", 0.9),     # hold while the controller runs slower than this share of real time
+    "simulated_inference_delay_s": ("float", 0.0),  # added to every inference after the warm-up: rehearse a slower computer
     "enabled": ("bool", False),
     "arming_window_s": ("float", 5.0),  # enabling needs ~/arm within this many seconds before (0: no arming step)
     "publish_hold": ("bool", True),
@@ -92,6 +93,8 @@ def validate(p: Dict[str, object]):
         problems.append(f"image_crop must be [] or [x, y, width, height] with a positive size, got {p['image_crop']}")
     if not 0 < p["min_speed_scaling"] <= 1:
         problems.append(f"min_speed_scaling must be in (0, 1], got {p['min_speed_scaling']}")
+    if p["simulated_inference_delay_s"] < 0:
+        problems.append(f"simulated_inference_delay_s must be >= 0, got {p['simulated_inference_delay_s']}")
     if p["arming_window_s"] < 0:
         problems.append(f"arming_window_s must be >= 0 (0: no arming step), got {p['arming_window_s']}")
     if not p["control_rate_hz"] <= p["float_array_rate_hz"] <= 2000:

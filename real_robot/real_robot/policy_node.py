@@ -271,6 +271,7 @@ class PolicyNode(ObservationInputs, SafetySwitches):
             return
         stacked, t_obs, generation = request
         start = time.monotonic()
+        time.sleep(self.p["simulated_inference_delay_s"])
         try:
             actions = self._predict(stacked)
         except Exception as error:  # a failing model must not kill the control loop

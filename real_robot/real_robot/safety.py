@@ -227,8 +227,9 @@ class SafetySwitches:
         if self.p["output_mode"] == "float_array":
             return None  # the node streams the path itself (``_stream_tick``)
         velocities = None
-        if self.p["trajectory_velocities"] and joints is not None:
-            velocities = knot_velocities(times, joints, self.p["max_joint_velocity"])
+        if self.p["trajectory_velocities"]:  # the setpoint's joints unknown (no joint states): start at the first point
+            path = joints if joints is not None else np.array([points[0].joints] + [p.joints for p in points])
+            velocities = knot_velocities(times, path, self.p["max_joint_velocity"])
         return self.commands.trajectory(points, now, delay, velocities)
 
     def stop_on_shutdown(self) -> None:
