@@ -42,6 +42,44 @@ def replay_controller(stream, start_px, tool_pixels):
     return out
 
 
+class FakeSensors:
+    """Publishes the agent pose (table frame, from ``where["xy"]``, which a test may move) and the block's
+    keypoints every half period until ``stop()``."""
+
+    def __init__(self, ros, pose_topic: str, keypoint_topic: str, start_px=(200.0, 300.0)):
+        from geometry_msgs.msg import PoseStamped
+        from std_msgs.msg import Float64MultiArray
+
+        from dpstack.envs.geometry import block_keypoints
+
+        sys.path.insert(0, str(PACKAGE))
+        from real_robot.kinematics import PlanarCalibration
+
+        self.calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
+        self.where = {"xy": self.calibration.to_table(np.array(start_px))}
+        pose_pub = ros.create_publisher(PoseStamped, pose_topic, 10)
+        keypoint_pub = ros.create_publisher(Float64MultiArray, keypoint_topic, 10)
+        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
+        self.stopping = threading.Event()
+
+        def publish():
+            while not self.stopping.is_set():
+                msg = PoseStamped()
+                msg.header.stamp = ros.get_clock().now().to_msg()
+                msg.pose.position.x, msg.pose.position.y = (float(v) for v in self.where["xy"])
+                msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
+                pose_pub.publish(msg)
+                keypoint_pub.publish(Float64MultiArray(data=keypoints))
+                time.sleep(DT / 2)
+
+        self.thread = threading.Thread(target=publish, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+
 _clients = {}
 
 
@@ -294,14 +332,8 @@ def test_controller_presence_and_speed_scaling_over_dds(install, checkpoint, tmp
     (std_msgs/Float64) drops below min_speed_scaling: one hold, state ``speed_scaled``, no trajectory; back to
     1.0: the stream resumes."""
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-    from geometry_msgs.msg import PoseStamped
-    from std_msgs.msg import Float64, Float64MultiArray, String
+    from std_msgs.msg import Float64, String
     from trajectory_msgs.msg import JointTrajectory
-
-    from dpstack.envs.geometry import block_keypoints
-
-    sys.path.insert(0, str(PACKAGE))
-    from real_robot.kinematics import PlanarCalibration
 
     params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, max_joint_velocity=3.0,
                           speed_scaling_topic="/fake/speed_scaling", min_speed_scaling=0.9)
@@ -310,29 +342,12 @@ def test_controller_presence_and_speed_scaling_over_dds(install, checkpoint, tmp
                                          ("/scaled_joint_trajectory_controller/joint_trajectory", "/fake2/commands")])
     log = tmp_path / "policy.log"
     processes.start(command, node_env(install), log)
-    calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
-    pose_pub = ros.create_publisher(PoseStamped, "/fake2/tcp_pose", 10)
-    keypoint_pub = ros.create_publisher(Float64MultiArray, "/fake2/keypoints", 10)
     scaling_pub = ros.create_publisher(Float64, "/fake/speed_scaling", 10)
     statuses, warnings = [], []
     ros.create_subscription(String, "/arm/policy/status", lambda m: statuses.append(json.loads(m.data)), 50)
     ros.create_subscription(DiagnosticArray, "/diagnostics", lambda m: warnings.extend(
         s.message for s in m.status if s.level == DiagnosticStatus.WARN), 50)
-    stop = threading.Event()
-
-    def observe():
-        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
-        while not stop.is_set():
-            msg = PoseStamped()
-            msg.header.stamp = ros.get_clock().now().to_msg()
-            msg.pose.position.x, msg.pose.position.y = (float(v) for v in calibration.to_table(np.array([200.0, 300.0])))
-            msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
-            pose_pub.publish(msg)
-            keypoint_pub.publish(Float64MultiArray(data=keypoints))
-            time.sleep(DT / 2)
-
-    observer = threading.Thread(target=observe, daemon=True)
-    observer.start()
+    sensors = FakeSensors(ros, "/fake2/tcp_pose", "/fake2/keypoints")
     try:
         assert wait_for(lambda: statuses and statuses[-1]["state"] == "no_controller", 60), log.read_text()[-3000:]
         assert not any(s["state"] == "running" for s in statuses)
@@ -354,8 +369,7 @@ def test_controller_presence_and_speed_scaling_over_dds(install, checkpoint, tmp
         assert wait_for(lambda: sum(t > t_back and len(m.points) > 1 for t, m in trajectories) >= 3, 10)
         assert statuses[-1]["state"] == "running"
     finally:
-        stop.set()
-        observer.join()
+        sensors.stop()
 
 
 def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_path, processes, ros):
@@ -364,12 +378,7 @@ def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_
     actions, the arm rides the previous chunk's tail, and a command still arrives every period, each within
     the step clamp of the one before (0.25 m/s: 31.25 px per period of their scheduled times)."""
     from geometry_msgs.msg import PoseStamped
-    from std_msgs.msg import Float64MultiArray, String
-
-    from dpstack.envs.geometry import block_keypoints
-
-    sys.path.insert(0, str(PACKAGE))
-    from real_robot.kinematics import PlanarCalibration
+    from std_msgs.msg import String
 
     params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, output_mode="pose",
                           command_topic="/slow/target_pose", simulated_inference_delay_s=0.5, inference_timeout_s=3.0)
@@ -377,11 +386,9 @@ def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_
                                  remaps=[("agent_pose", "/slow/tcp_pose"), ("block_keypoints", "/slow/keypoints")])
     log = tmp_path / "policy.log"
     processes.start(command, node_env(install), log)
-    calibration = PlanarCalibration([0.0008, 0.0, 0.25, 0.0, -0.0008, 0.2], 0.15)
-    pose_pub = ros.create_publisher(PoseStamped, "/slow/tcp_pose", 10)
-    keypoint_pub = ros.create_publisher(Float64MultiArray, "/slow/keypoints", 10)
+    sensors = FakeSensors(ros, "/slow/tcp_pose", "/slow/keypoints")
+    calibration, where = sensors.calibration, sensors.where
     commands, statuses = [], []
-    where = {"xy": calibration.to_table(np.array([200.0, 300.0]))}
 
     def on_command(msg):
         due = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9  # the action's scheduled time
@@ -391,28 +398,14 @@ def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_
 
     ros.create_subscription(PoseStamped, "/slow/target_pose", on_command, 50)
     ros.create_subscription(String, "/slow/policy/status", lambda m: statuses.append(json.loads(m.data)), 50)
-    stop = threading.Event()
-
-    def observe():
-        keypoints = [float(v) for v in block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()]
-        while not stop.is_set():
-            msg = PoseStamped()
-            msg.header.stamp = ros.get_clock().now().to_msg()
-            msg.pose.position.x, msg.pose.position.y = (float(v) for v in where["xy"])
-            msg.pose.position.z, msg.pose.orientation.x = 0.15, 1.0
-            pose_pub.publish(msg)
-            keypoint_pub.publish(Float64MultiArray(data=keypoints))
-            time.sleep(DT / 2)
-
-    observer = threading.Thread(target=observe, daemon=True)
-    observer.start()
     try:
         assert wait_for(lambda: commands, 60), log.read_text()[-3000:]
         started = time.monotonic()
         time.sleep(5.0)
         window = [command for command in commands if command[0] > started]
         gaps = np.diff([t for t, _, _ in window])
-        assert len(window) >= 45 and gaps.max() < 0.25, (len(window), gaps.max())  # a command every period
+        # A command every period (a busy machine may delay one tick; waiting for a chunk would leave ~0.5 s gaps)
+        assert len(window) >= 45 and (gaps > 0.2).sum() <= 1 and gaps.max() < 0.4, (len(window), sorted(gaps)[-3:])
         steps = np.linalg.norm(np.diff([px for _, px, _ in window], axis=0), axis=1)
         periods = np.maximum(1.0, np.diff([due for _, _, due in window]) / DT)  # a late tick skips a planned point
         assert (steps / periods).max() <= 31.25 + 1e-3, (steps / periods).max()
@@ -420,5 +413,33 @@ def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_
         assert status["late"] >= 3 and status["tail_steps"] >= 10 and status["on_time"] == 0, status
         assert status["last_inference_s"] >= 0.5
     finally:
-        stop.set()
-        observer.join()
+        sensors.stop()
+
+
+def test_float_array_streams_the_path_over_dds(install, checkpoint, tmp_path, processes, ros):
+    """output_mode float_array for a forward position controller: joint positions arrive far faster than the
+    10 Hz control clock (float_array_rate_hz 100), each within the joint-speed limit of the one before."""
+    from std_msgs.msg import Float64MultiArray
+
+    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, output_mode="float_array",
+                          command_topic="/stream/commands", float_array_rate_hz=100.0, max_joint_velocity=1.5)
+    command = launch_ros_command(install, "policy_node", "policy", "/stream", params,
+                                 remaps=[("agent_pose", "/stream/tcp_pose"), ("block_keypoints", "/stream/keypoints")])
+    log = tmp_path / "policy.log"
+    processes.start(command, node_env(install), log)
+    received = []
+    ros.create_subscription(Float64MultiArray, "/stream/commands",
+                            lambda m: received.append((time.monotonic(), np.array(m.data))), 500)
+    sensors = FakeSensors(ros, "/stream/tcp_pose", "/stream/keypoints")
+    try:
+        assert wait_for(lambda: received, 60), log.read_text()[-3000:]
+        started = time.monotonic()
+        time.sleep(2.0)
+        window = [(t, q) for t, q in received if t > started]
+        assert len(window) >= 80, len(window)  # ≥ 40 Hz arrived even on a busy machine; the clock is 10 Hz
+        joints = np.array([q for _, q in window])
+        assert joints.shape[1] == 6 and np.abs(np.diff(joints, axis=0)).max() > 0
+        speeds = np.abs(np.diff(joints, axis=0)).max(axis=1) / np.maximum(np.diff([t for t, _ in window]), 0.01)
+        assert np.median(speeds) <= 1.5 + 1e-6
+    finally:
+        sensors.stop()
