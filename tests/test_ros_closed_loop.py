@@ -119,9 +119,6 @@ def test_image_policy_closed_loop_over_dds(install, image_checkpoint, tmp_path, 
 
     ns = "/image_loop"
     preset = yaml.safe_load((PACKAGE / "config" / "sim.yaml").read_text())["/**"]["ros__parameters"]
-    if clamps == "ur":
-        ur = yaml.safe_load((PACKAGE / "config" / "ur.yaml").read_text())["/**"]["ros__parameters"]
-        preset.update({key: ur[key] for key in UR_CLAMPS})
     sim_params = write_params(tmp_path / "sim.yaml", seed=100000, max_steps=300, publish_images=True)
     policy_params = write_params(tmp_path / "policy.yaml",
                                  **{**preset, "checkpoint": str(image_checkpoint), "enabled": True})
