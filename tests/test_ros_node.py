@@ -80,6 +80,16 @@ class FakeSensors:
         self.thread.join()
 
 
+def start_policy_node(install, processes, tmp_path, ns: str, **params):
+    """The installed policy_node with ``params``, as launch_ros starts it in namespace ``ns``, its agent pose and
+    keypoints remapped to ``ns``'s fake sensors (``FakeSensors(ros, f"{ns}/tcp_pose", f"{ns}/keypoints")``)."""
+    command = launch_ros_command(install, "policy_node", "policy", ns, write_params(tmp_path / "params.yaml", **params),
+                                 remaps=[("agent_pose", f"{ns}/tcp_pose"), ("block_keypoints", f"{ns}/keypoints")])
+    log = tmp_path / "policy.log"
+    processes.start(command, node_env(install), log)
+    return log
+
+
 _clients = {}
 
 
@@ -380,12 +390,9 @@ def test_a_slow_computer_keeps_the_arm_moving_over_dds(install, checkpoint, tmp_
     from geometry_msgs.msg import PoseStamped
     from std_msgs.msg import String
 
-    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, output_mode="pose",
-                          command_topic="/slow/target_pose", simulated_inference_delay_s=0.5, inference_timeout_s=3.0)
-    command = launch_ros_command(install, "policy_node", "policy", "/slow", params,
-                                 remaps=[("agent_pose", "/slow/tcp_pose"), ("block_keypoints", "/slow/keypoints")])
-    log = tmp_path / "policy.log"
-    processes.start(command, node_env(install), log)
+    log = start_policy_node(install, processes, tmp_path, "/slow", checkpoint=str(checkpoint), enabled=True,
+                            output_mode="pose", command_topic="/slow/target_pose", simulated_inference_delay_s=0.5,
+                            inference_timeout_s=3.0)
     sensors = FakeSensors(ros, "/slow/tcp_pose", "/slow/keypoints")
     calibration, where = sensors.calibration, sensors.where
     commands, statuses = [], []
@@ -421,12 +428,9 @@ def test_float_array_streams_the_path_over_dds(install, checkpoint, tmp_path, pr
     10 Hz control clock (float_array_rate_hz 100), each within the joint-speed limit of the one before."""
     from std_msgs.msg import Float64MultiArray
 
-    params = write_params(tmp_path / "params.yaml", checkpoint=str(checkpoint), enabled=True, output_mode="float_array",
-                          command_topic="/stream/commands", float_array_rate_hz=100.0, max_joint_velocity=1.5)
-    command = launch_ros_command(install, "policy_node", "policy", "/stream", params,
-                                 remaps=[("agent_pose", "/stream/tcp_pose"), ("block_keypoints", "/stream/keypoints")])
-    log = tmp_path / "policy.log"
-    processes.start(command, node_env(install), log)
+    log = start_policy_node(install, processes, tmp_path, "/stream", checkpoint=str(checkpoint), enabled=True,
+                            output_mode="float_array", command_topic="/stream/commands", float_array_rate_hz=100.0,
+                            max_joint_velocity=1.5)
     received = []
     ros.create_subscription(Float64MultiArray, "/stream/commands",
                             lambda m: received.append((time.monotonic(), np.array(m.data))), 500)

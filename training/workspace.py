@@ -311,7 +311,8 @@ class TrainingWorkspace:
                        total=len(loader), disable=not tc.progress or not self.topology.is_main)
             stopping = False
             for batch in bar:
-                weight = distributed.loss_weight(loader.batch_size_at(self.batch_in_epoch), self.topology)
+                weight = (distributed.loss_weight(loader.batch_size_at(self.batch_in_epoch), self.topology)
+                          if self.topology.enabled else 1.0)
                 loss, grad_norm, stopping = self._train_step(batch, weight, bool(received))
                 self.global_step += 1
                 self.batch_in_epoch += 1
