@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from dpstack.policy.diffusion_policy import SAMPLERS
+
 
 def workers_argument(text: str) -> int | None:
     return None if text.lower() == "none" else int(text)
@@ -39,7 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="0: envs in this process (the fastest, measured); K: K env processes, each hosting a "
                              "share of the envs (crashes and hangs are contained); none: one process per env")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="denoising steps (None: the checkpoint's)")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default=None, help="None: the checkpoint's")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None,
+                        help="None: the checkpoint's; consistency is for distilled policies (policy.distillation)")
     parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (None: the checkpoint's)")
     parser.add_argument("--n_test_videos", type=int, default=4, help="test episodes written as videos")
     parser.add_argument("--n_train_videos", type=int, default=2, help="training-seed episodes written as videos")

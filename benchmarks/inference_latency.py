@@ -1,12 +1,17 @@
-"""Per-chunk inference latency at batch 1 on CPU: observation in, 8 actions out.
+"""Per-chunk inference latency at batch 1 on CPU: observation in, a chunk of actions out.
 
-    python benchmarks/inference_latency.py [--calls 50] [--threads 1] [--checkpoint pretrained/pusht_lowdim.ckpt]
+    python benchmarks/inference_latency.py [--calls 50] [--threads 1 2] [--checkpoint pretrained/pusht_lowdim.ckpt]
+        [--distilled pretrained/pusht_lowdim_consistency.ckpt]
 
 Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
 the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
 (``load_policy(..., optimize=True)``), its exports (``python -m dpstack.policy.export``: ONNX through
-onnxruntime, when installed, and TorchScript, written to a temporary folder), and traced with the full
-DDPM-100 chain. Each row is the median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls.
+onnxruntime, when installed, and TorchScript, written to a temporary folder), traced with the full
+DDPM-100 chain, and the policy distilled from it (consistency sampling, ``policy/distillation.py``), traced.
+Each row is the median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls; every row is
+measured at each ``--threads`` value in turn, and the ratio column divides by the shipped checkpoint's
+traced row at the same thread count. The load average at the start and end is printed: other work on the
+machine slows every row.
 """
 from __future__ import annotations
 
@@ -47,38 +52,66 @@ def latency_ms(policy: DiffusionUnetPolicy, calls: int) -> float:
     return statistics.median(timings) * 1000
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=50)
-    parser.add_argument("--paper-calls", type=int, default=10, help="calls for the slow DDPM-100 paper row")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    rows = [("paper config, DDPM-100", random_policy(), args.paper_calls),
-            ("paper config, DDIM-10", random_policy(sampler="ddim", num_inference_steps=10), args.calls)]
+def unet_millions(policy: DiffusionUnetPolicy) -> float:
+    return sum(p.numel() for p in policy.model.parameters()) / 1e6
+
+
+def policy_rows(args, threads: int) -> list[tuple[str, object, int, float]]:
+    """(label, policy, calls, U-Net parameters in millions) of every row, exports opened for ``threads`` threads."""
+    paper = random_policy()
+    rows = [("paper config, DDPM-100", paper, args.paper_calls, unet_millions(paper)),
+            ("paper config, DDIM-10", random_policy(sampler="ddim", num_inference_steps=10), args.calls,
+             unet_millions(paper))]
     if args.checkpoint.exists():
         shipped = load_policy(args.checkpoint)
-        label = f"shipped {args.checkpoint.name}"
+        size, label = unet_millions(shipped), f"shipped {args.checkpoint.name}"
         name = f"{label}, {shipped.config.sampler.upper()}-{shipped.config.num_inference_steps}"
-        rows.append((name, shipped, args.calls))
-        rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls))
+        rows.append((name, shipped, args.calls, size))
+        rows.append((name + ", traced", load_policy(args.checkpoint, optimize=True), args.calls, size))
         folder = Path(tempfile.mkdtemp())
         formats = ["onnx"] if importlib.util.find_spec("onnxruntime") else []
         for fmt in formats + ["torchscript"]:
             path = export(shipped, folder / ("policy.onnx" if fmt == "onnx" else "policy.pt"), fmt)
-            rows.append((f"{name}, exported {fmt}", ExportedPolicy(path, threads=args.threads), args.calls))
+            rows.append((f"{name}, exported {fmt}", ExportedPolicy(path, threads=threads), args.calls, size))
         full_chain = load_policy(args.checkpoint, optimize=True)
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
-        rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls))
+        rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls, size))
+    if args.distilled.exists():
+        size = unet_millions(load_policy(args.distilled))
+        for steps in args.distilled_steps:
+            policy = load_policy(args.distilled, optimize=True)
+            policy.reconfigure(num_inference_steps=steps)
+            rows.append((f"distilled {args.distilled.name}, consistency-{steps}, traced", policy, args.calls, size))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--paper-calls", type=int, default=10, help="calls for the slow DDPM-100 rows")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
+    parser.add_argument("--distilled", type=Path, default=Path("pretrained/pusht_lowdim_consistency.ckpt"),
+                        help="a policy distilled from --checkpoint (rows skipped when the file is missing)")
+    parser.add_argument("--distilled-steps", type=int, nargs="+", default=[1, 2, 3])
+    args = parser.parse_args()
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
-          f"torch {torch.__version__}, threads={args.threads}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")
-    print(f"{'policy':<58} {'params':>8} {'median ms':>10}")
-    n_params = 0.0
-    for name, policy, calls in rows:  # traced and exported models list no parameters: the eager row counts
-        network = getattr(policy, "model", None)
-        n_params = (sum(p.numel() for p in network.parameters()) / 1e6 if network is not None else 0) or n_params
-        print(f"{name:<58} {n_params:>7.2f}M {latency_ms(policy, calls):>10.1f}")
+          f"torch {torch.__version__}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")
+    print(f"{'policy':<64} {'params':>8} " + " ".join(f"{f'{n} thr ms':>10} {'ratio':>6}" for n in args.threads))
+    results = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        rows = policy_rows(args, threads)
+        results[threads] = [latency_ms(policy, calls) for _, policy, calls, _ in rows]
+    baseline = next((i for i, (name, *_) in enumerate(rows) if name.startswith("shipped") and name.endswith("traced")
+                     and "DDPM-100" not in name), None)
+    for i, (name, _, _, n_params) in enumerate(rows):
+        cells = []
+        for threads in args.threads:
+            ms = results[threads][i]
+            ratio = f"{ms / results[threads][baseline]:.3f}" if baseline is not None else "–"
+            cells.append(f"{ms:>10.1f} {ratio:>6}")
+        print(f"{name:<64} {n_params:>7.2f}M " + " ".join(cells))
     print(f"loadavg(1m) at end={os.getloadavg()[0]:.2f} (above ~0.5 per core, other work shared the machine)")
 
 

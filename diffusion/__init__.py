@@ -1,5 +1,6 @@
 """Shared diffusion core: noise schedules, Gaussian diffusion maths, losses, diffusers-compatible schedulers,
 sampling helpers and EMA. Depends only on torch, numpy and the standard library."""
+from .consistency import ConsistencyScheduler, boundary_coefficients, consistency_function, ddim_jump
 from .ema import EMAModel
 from .embedding import SinusoidalStepEmbedding
 from .gaussian import (

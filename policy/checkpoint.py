@@ -13,6 +13,7 @@ import torch
 from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_weights, save_checkpoint  # noqa: F401
 from dpstack.policy.diffusion_policy import (
     INFERENCE_SETTINGS,
+    SAMPLERS,
     DiffusionPolicyConfig,
     DiffusionUnetPolicy,
     with_inference_settings,
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("source", type=Path, help="a checkpoint written by train.py, e.g. .../checkpoints/latest.ckpt")
     parser.add_argument("destination", type=Path)
     parser.add_argument("--weights-dtype", choices=sorted(WEIGHT_DTYPES), default="float32")
-    parser.add_argument("--sampler", choices=["ddpm", "ddim"], help="inference sampler (default: the checkpoint's)")
+    parser.add_argument("--sampler", choices=SAMPLERS, help="inference sampler (default: the checkpoint's)")
     parser.add_argument("--num-inference-steps", type=int, help="denoising steps (default: the checkpoint's)")
     parser.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the checkpoint's)")
     args = parser.parse_args(argv)

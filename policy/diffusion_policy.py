@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from dpstack.datasets.normalizer import LinearNormalizer
+from dpstack.diffusion.consistency import ConsistencyScheduler
 from dpstack.diffusion.noise import Generators, randn
 from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from dpstack.policy.obs_encoders import build_obs_encoder
 from dpstack.policy.unet1d import ConditionalUnet1D
 
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "consistency")  # consistency: a distilled policy (policy.distillation)
 OBS_TYPES = ("lowdim", "image")
 
 
@@ -49,6 +50,7 @@ class DiffusionPolicyConfig:
     cond_noise_std: float = 0.0  # σ of training-only noise on the condition (normalised units); 0 = off
     sampler: str = "ddpm"
     num_inference_steps: int = 100
+    consistency_max_timestep: int | None = None  # sampler consistency: the noisiest timestep (None: K − 1)
     image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
 
     def __post_init__(self) -> None:
@@ -62,6 +64,9 @@ class DiffusionPolicyConfig:
             problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
             problems.append(f"num_inference_steps must be in [1, num_train_timesteps={self.num_train_timesteps}]")
+        if self.consistency_max_timestep is not None and not 1 <= self.consistency_max_timestep < self.num_train_timesteps:
+            problems.append(f"consistency_max_timestep must be in [1, num_train_timesteps − 1], "
+                            f"got {self.consistency_max_timestep}")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             problems.append(f"n_obs_steps − 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
                             f"exceeds horizon {self.horizon}")
@@ -135,8 +140,12 @@ class DiffusionUnetPolicy(nn.Module):
         config = self.config
         scheduler_args = dict(num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
                               clip_sample=config.clip_sample, prediction_type=config.prediction_type)
-        scheduler = (DDPMScheduler(variance_type="fixed_small", **scheduler_args) if config.sampler == "ddpm"
-                     else DDIMScheduler(**scheduler_args))
+        if config.sampler == "ddpm":
+            scheduler = DDPMScheduler(variance_type="fixed_small", **scheduler_args)
+        elif config.sampler == "ddim":
+            scheduler = DDIMScheduler(**scheduler_args)
+        else:
+            scheduler = ConsistencyScheduler(max_timestep=config.consistency_max_timestep, **scheduler_args)
         scheduler.set_timesteps(config.num_inference_steps)
         return scheduler
 

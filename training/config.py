@@ -11,11 +11,14 @@ from dpstack.generative.image_diffusion import ImageDiffusionConfig
 from dpstack.generative.latent_diffusion import TextToImageConfig
 from dpstack.generative.language_models import LanguageModelConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
+from dpstack.policy.distillation import ConsistencyDistillationConfig
 from dpstack.training.recipes import TextToImageRecipe, recipe_name
 from dpstack.training.schema import RECIPE_SECTIONS, unknown_config_keys
 
 
-MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig), "image_diffusion": ("model", ImageDiffusionConfig),
+MODEL_CONFIGS = {"policy": ("policy", DiffusionPolicyConfig),
+                 "consistency_distillation": ("distillation", ConsistencyDistillationConfig),
+                 "image_diffusion": ("model", ImageDiffusionConfig),
                  "language_model": ("model", LanguageModelConfig), "autoencoder": ("model", AutoencoderConfig),
                  "text_to_image": ("model", TextToImageConfig)}
 # Estimated from the data when a text-to-image run starts (a value in the config would be overwritten).

@@ -4,6 +4,7 @@ The workspace owns the loop (optimizer, LR schedule, EMA, logging, checkpoints, 
 model of the project; a recipe, chosen by the config's top-level ``recipe`` key, supplies the rest:
 
 - ``policy`` (the default): Diffusion Policy on Push-T; evaluation = simulator rollouts.
+- ``consistency_distillation``: a few-step policy distilled from a trained one; evaluation as ``policy``.
 - ``image_diffusion``: the MNIST image DDPM; evaluation = sample grid, bits/dim, classifier-FID.
 - ``language_model``: the character LMs on Tiny Shakespeare (masked diffusion or autoregressive);
   evaluation = held-out bits/char and a sample.
@@ -35,20 +36,24 @@ class PolicyRecipe:
     def __init__(self, cfg: DictConfig) -> None:
         self.cfg = cfg
 
+    def policy_shape(self):
+        """The section that gives horizon, n_obs_steps and n_action_steps."""
+        return self.cfg.policy
+
     def build_data(self):
         from dpstack.datasets.download import ensure_pusht
         from dpstack.datasets.pusht import PushTImageDataset, PushTLowdimDataset
 
-        cfg, task = self.cfg, self.cfg.task
+        cfg, task, shape = self.cfg, self.cfg.task, self.policy_shape()
         zarr_path = ensure_pusht(cfg.data_root, allow_download=bool(cfg.allow_download))
         options = {"mirror": bool(task.dataset.get("mirror", False))}
         dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
         if task.obs_type == "lowdim":  # validate_config refuses align_to_goal for images
             options["align_to_goal"] = bool(task.dataset.get("align_to_goal", False))
         else:  # only the images the policy conditions on are gathered
-            options["n_obs_steps"] = cfg.policy.n_obs_steps
-        dataset = dataset_class(zarr_path=zarr_path, horizon=cfg.policy.horizon, pad_before=cfg.policy.n_obs_steps - 1,
-                                pad_after=cfg.policy.n_action_steps - 1, seed=task.dataset.seed,
+            options["n_obs_steps"] = shape.n_obs_steps
+        dataset = dataset_class(zarr_path=zarr_path, horizon=shape.horizon, pad_before=shape.n_obs_steps - 1,
+                                pad_after=shape.n_action_steps - 1, seed=task.dataset.seed,
                                 val_ratio=task.dataset.val_ratio, max_train_episodes=task.dataset.max_train_episodes,
                                 **options)
         return dataset, dataset.get_validation_dataset()
@@ -64,7 +69,8 @@ class PolicyRecipe:
 
         values = OmegaConf.to_container(self.cfg.eval, resolve=True)
         values["obs_type"] = "keypoints" if self.cfg.task.obs_type == "lowdim" else "image"
-        return PushTRunner(RunnerConfig(**values), self.cfg.policy.n_obs_steps, self.cfg.policy.n_action_steps)
+        shape = self.policy_shape()
+        return PushTRunner(RunnerConfig(**values), shape.n_obs_steps, shape.n_action_steps)
 
     def evaluate(self, model, epoch: int, step: int, output_dir: Path, logger) -> dict:
         """Rollouts of the EMA policy on the config's seeds; videos to ``media/epoch_EEEE``."""
@@ -77,6 +83,36 @@ class PolicyRecipe:
         metrics["test_mean_score"] = metrics["test/mean_score"]
         logger.log_videos(result.videos, step)
         return metrics
+
+
+class ConsistencyDistillationRecipe(PolicyRecipe):
+    """A few-step consistency policy distilled from a trained policy (``policy/distillation.py``); data and
+    evaluation as for the teacher's policy, the shape (horizon, observation and action steps) the teacher's."""
+
+    model_section = "distillation"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        super().__init__(cfg)
+        self._teacher = None
+
+    def teacher(self):
+        from dpstack.policy.checkpoint import load_policy
+
+        if self._teacher is None:
+            self._teacher = load_policy(self.cfg.distillation.teacher_checkpoint)
+        return self._teacher
+
+    def policy_shape(self):
+        return self.teacher().config
+
+    def build_model(self, dataset):
+        from dpstack.policy.distillation import ConsistencyStudent
+
+        teacher, settings = self.teacher(), self.cfg.distillation
+        if teacher.config.obs_type != self.cfg.task.obs_type:
+            raise ValueError(f"the teacher {settings.teacher_checkpoint} observes {teacher.config.obs_type}, "
+                             f"task.obs_type is {self.cfg.task.obs_type}: choose the teacher's task")
+        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps)
 
 
 class MNISTRecipe:
@@ -265,7 +301,8 @@ class TextToImageRecipe(MNISTRecipe):
         return {f"test/{key}": value for key, value in metrics.items() if isinstance(value, (int, float))}
 
 
-RECIPES = {"policy": PolicyRecipe, "image_diffusion": ImageDiffusionRecipe, "language_model": LanguageModelRecipe,
+RECIPES = {"policy": PolicyRecipe, "consistency_distillation": ConsistencyDistillationRecipe,
+           "image_diffusion": ImageDiffusionRecipe, "language_model": LanguageModelRecipe,
            "autoencoder": AutoencoderRecipe, "text_to_image": TextToImageRecipe}
 
 

@@ -21,6 +21,7 @@ from dpstack.generative.language_models import LanguageModelConfig
 from dpstack.generative.transformer import TransformerConfig
 from dpstack.generative.unet2d import UNet2DConfig
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig
+from dpstack.policy.distillation import ConsistencyDistillationConfig
 from dpstack.training.recipes import recipe_name
 
 
@@ -139,9 +140,11 @@ A_RUN_CONFIG = "a run config"  # a section that is a whole run config of another
 EMA_KEYS = {name for name in inspect.signature(EMAModel.__init__).parameters if name not in ("self", "model")}
 COMMON_SECTIONS = {"training": TrainingSection, "ema": EMA_KEYS, "checkpoint": CheckpointSection,
                    "logging": LoggingSection}
+POLICY_EVAL_KEYS = _keys(RunnerConfig) - {"obs_type"}
 RECIPE_SECTIONS = {
-    "policy": {"task": TaskSection, "policy": DiffusionPolicyConfig, "eval": _keys(RunnerConfig) - {"obs_type"},
-               **COMMON_SECTIONS},
+    "policy": {"task": TaskSection, "policy": DiffusionPolicyConfig, "eval": POLICY_EVAL_KEYS, **COMMON_SECTIONS},
+    "consistency_distillation": {"task": TaskSection, "distillation": ConsistencyDistillationConfig,
+                                 "eval": POLICY_EVAL_KEYS, **COMMON_SECTIONS},
     "image_diffusion": {"task": ImageTaskSection, "model": ImageDiffusionConfig, "eval": ImageEvalSection,
                         **COMMON_SECTIONS},
     "language_model": {"task": TextTaskSection, "model": LanguageModelConfig, "eval": TextEvalSection,
@@ -150,7 +153,9 @@ RECIPE_SECTIONS = {
     "text_to_image": {"task": ImageTaskSection, "model": TextToImageConfig, "eval": TextToImageEvalSection,
                       "autoencoder": A_RUN_CONFIG, **COMMON_SECTIONS},
 }
-RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection}, "image_diffusion": {("model", "unet"): UNet2DConfig},
+RECIPE_NESTED = {"policy": {("task", "dataset"): DatasetSection},
+                 "consistency_distillation": {("task", "dataset"): DatasetSection},
+                 "image_diffusion": {("model", "unet"): UNet2DConfig},
                  "language_model": {("model", "transformer"): TransformerConfig}, "autoencoder": {},
                  "text_to_image": {("model", "unet"): UNet2DConfig, ("model", "text_encoder"): TransformerConfig}}
 

@@ -1,0 +1,112 @@
+"""Consistency distillation of a trained Diffusion Policy: a student that samples an action chunk in 1–3
+U-Net calls instead of its teacher's DDIM-10 (Song et al. 2023, Algorithm 2; target network θ⁻ = stopgrad θ,
+Song & Dhariwal 2024; the boundary condition of Latent Consistency Models).
+
+Per batch, with K training timesteps and a teacher step of k timesteps:
+
+    t ~ U{1, …, K − k},  s = max(t − k, 0),  A^t = √ᾱ_t A⁰ + √(1 − ᾱ_t) ε
+    Â^s = DDIM_teacher(A^t, t → s)                          one deterministic teacher step (x̂_0 clipped)
+    L   = ‖f_θ(A^t, t, c) − stopgrad f_θ(Â^s, s, c)‖²        f_θ(x, 0) = x: the boundary condition
+
+The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
+``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts): its checkpoint loads
+with ``load_policy`` into eval.py, the benchmarks and the robot node like any other policy.
+``python train.py --config-name=pusht_lowdim_consistency`` runs it through the training workspace (recipe
+``consistency_distillation``).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dpstack.diffusion.consistency import consistency_function, ddim_jump
+from dpstack.diffusion.gaussian import q_sample
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+
+
+@dataclass
+class ConsistencyDistillationConfig:
+    """The ``distillation`` section of a run config."""
+
+    teacher_checkpoint: str = "pretrained/pusht_lowdim.ckpt"  # a policy checkpoint (EMA weights are used)
+    skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
+    num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not Path(self.teacher_checkpoint).is_file():
+            problems.append(f"distillation.teacher_checkpoint={self.teacher_checkpoint} is not a file: point it at "
+                            "a policy checkpoint, e.g. pretrained/pusht_lowdim.ckpt")
+        if not (isinstance(self.skip_steps, int) and self.skip_steps >= 1):
+            problems.append(f"distillation.skip_steps must be an integer ≥ 1, got {self.skip_steps!r}")
+        if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
+            problems.append(f"distillation.num_inference_steps must be an integer ≥ 1, got {self.num_inference_steps!r}")
+        if problems:
+            raise ValueError("invalid distillation config: " + "; ".join(problems))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ConsistencyDistillationConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown distillation keys {unknown}; valid keys: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ConsistencyStudent(DiffusionUnetPolicy):
+    """A consistency policy being distilled from ``teacher`` (frozen, held outside the module's parameters
+    and state dict: checkpoints hold the student only)."""
+
+    def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int) -> None:
+        if teacher.config.sampler == "consistency":
+            raise ValueError("the teacher is itself a consistency policy; distil from a diffusion policy")
+        max_timestep = teacher.config.num_train_timesteps - skip_steps
+        config = DiffusionPolicyConfig.from_dict(teacher.config.to_dict() | dict(
+            sampler="consistency", num_inference_steps=num_inference_steps, consistency_max_timestep=max_timestep))
+        super().__init__(config, copy.deepcopy(teacher.normalizer))
+        self.load_state_dict(teacher.state_dict())
+        self.skip_steps = skip_steps
+        object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
+
+    def _apply(self, fn, *args, **kwargs):
+        """``.to(device)`` and friends move the teacher too."""
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def _consistency(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """f_θ(x_t, t, c) = c_skip(t) x_t + c_out(t) x̂_0(x_t, t)."""
+        return consistency_function(self.noise_scheduler.schedule, self.model(x_t, t, cond), x_t, t,
+                                    self.config.prediction_type)
+
+    @torch.no_grad()
+    def _teacher_step(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Â^s: the teacher's deterministic DDIM step t → s, with x̂_0 clipped as its sampler does."""
+        return ddim_jump(self.noise_scheduler.schedule, self.teacher.model(x_t, t, cond), x_t, t, s,
+                         self.config.prediction_type, self.config.clip_sample)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The consistency-distillation loss of the module docstring (squared ℓ2, mean over elements)."""
+        cond = self._global_condition(batch["obs"])
+        with torch.no_grad():
+            teacher_cond = self.teacher._global_condition(batch["obs"])
+        if self.config.cond_noise_std > 0:  # the teacher's training noise, the same draw on both conditions
+            cond_noise = self.config.cond_noise_std * torch.randn(cond.shape, generator=generator, device=cond.device)
+            cond, teacher_cond = cond + cond_noise, teacher_cond + cond_noise
+        actions = self.normalizer["action"].normalize(batch["action"])
+        noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        t = torch.randint(1, self.config.consistency_max_timestep + 1, (actions.shape[0],), generator=generator,
+                          device=actions.device)
+        s = (t - self.skip_steps).clamp(min=0)
+        x_t = q_sample(self.noise_scheduler.schedule, actions, t, noise)
+        x_s = self._teacher_step(x_t, t, s, teacher_cond)
+        with torch.no_grad():
+            target = self._consistency(x_s, s, cond)
+        return F.mse_loss(self._consistency(x_t, t, cond), target)

@@ -1,0 +1,165 @@
+"""Consistency distillation: the core's consistency function and sampler, the student policy and its recipe."""
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from dpstack.datasets.normalizer import LinearNormalizer
+from dpstack.diffusion.consistency import ConsistencyScheduler, boundary_coefficients, consistency_function, ddim_jump
+from dpstack.diffusion.schedulers import DDIMScheduler
+from dpstack.diffusion.schedules import NoiseSchedule
+from dpstack.policy.checkpoint import load_checkpoint, load_policy
+from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+from dpstack.policy.distillation import ConsistencyStudent
+from dpstack.training.config import ConfigError, validate_config
+from dpstack.training.workspace import TrainingWorkspace
+from test_training import REPO
+
+SCHEDULE = NoiseSchedule.from_name("squaredcos_cap_v2", 100)
+
+
+def tiny_teacher() -> DiffusionUnetPolicy:
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    normalizer = LinearNormalizer().fit({"obs": rng.uniform(0, 512, (100, 20)).astype(np.float32),
+                                         "action": rng.uniform(0, 512, (100, 2)).astype(np.float32)})
+    config = DiffusionPolicyConfig(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, sampler="ddim",
+                                   num_inference_steps=10)
+    return DiffusionUnetPolicy(config, normalizer)
+
+
+def test_boundary_condition_holds_exactly_and_fades_after_t0():
+    c_skip, c_out = boundary_coefficients(torch.tensor([0, 1, 50]))
+    assert c_skip[0] == 1 and c_out[0] == 0
+    assert c_skip[1] < 3e-3 and c_out[1] > 0.99 and c_skip[2] < 1e-6
+    x, output = torch.randn(4, 16, 2), torch.randn(4, 16, 2) * 100
+    assert torch.equal(consistency_function(SCHEDULE, output, x, torch.zeros(4, dtype=torch.long)), x)
+    t = torch.full((4,), 60)
+    x0 = (x - SCHEDULE.sqrt_one_minus_alphas_cumprod[60] * output) / SCHEDULE.sqrt_alphas_cumprod[60]
+    torch.testing.assert_close(consistency_function(SCHEDULE, output, x, t), x0.float(), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_jump_is_the_ddim_schedulers_step(prediction_type):
+    scheduler = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2",
+                              prediction_type=prediction_type)
+    scheduler.set_timesteps(10)
+    x, output = torch.randn(8, 16, 2) * 2, torch.randn(8, 16, 2) * 2  # large enough that clipping acts
+    for t, s in [(90, 80), (10, 0)]:
+        expected = scheduler.step(output, t, x).prev_sample
+        got = ddim_jump(SCHEDULE, output, x, torch.full((8,), t), torch.full((8,), s), prediction_type)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_consistency_scheduler_chain_steps_and_serialisation():
+    scheduler = ConsistencyScheduler(max_timestep=90)
+    for steps, chain in [(1, [90]), (2, [90, 45]), (3, [90, 60, 30])]:
+        scheduler.set_timesteps(steps)
+        assert scheduler.timesteps.tolist() == chain
+    with pytest.raises(ValueError, match="max_timestep"):
+        ConsistencyScheduler(max_timestep=100)
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        scheduler.set_timesteps(91)
+    rebuilt = ConsistencyScheduler.from_dict(scheduler.to_dict())
+    rebuilt.set_timesteps(2)
+    scheduler.set_timesteps(2)
+    x, output = torch.randn(3, 16, 2), torch.randn(3, 16, 2)
+    first = scheduler.step(output, 90, x, generator=torch.Generator().manual_seed(1))
+    again = rebuilt.step(output, 90, x, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first.prev_sample, again.prev_sample)
+    assert first.pred_original_sample.abs().max() <= 1  # x̂_0 is clipped before re-noising
+    # Re-noised to t' = 45: x_45 = √ᾱ_45 x̂_0 + √(1 − ᾱ_45) z, z the generator's draw.
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    expected = SCHEDULE.sqrt_alphas_cumprod[45] * first.pred_original_sample + SCHEDULE.sqrt_one_minus_alphas_cumprod[45] * z
+    torch.testing.assert_close(first.prev_sample, expected.float())
+    last = scheduler.step(output, 45, x)
+    assert torch.equal(last.prev_sample, last.pred_original_sample)  # the last step returns x̂_0, no noise
+
+
+def test_student_starts_as_the_teacher_and_trains_without_touching_it():
+    teacher = tiny_teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=2)
+    assert student.config.sampler == "consistency" and student.config.consistency_max_timestep == 90
+    assert student.state_dict().keys() == teacher.state_dict().keys()  # the teacher is not in the checkpoint
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    loss = student.compute_loss(batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.item() > 0 and all(p.grad is None for p in teacher.parameters())
+    optimizer.step()
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
+    assert any(not torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    with pytest.raises(ValueError, match="teacher is itself a consistency policy"):
+        ConsistencyStudent(student, 10, 1)
+
+
+def test_distillation_lowers_the_consistency_loss():
+    """A few hundred steps on a fixed batch: the loss at fixed (t, noise) draws falls well below its start."""
+    torch.manual_seed(0)
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=1)
+    batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
+
+    def held_out_loss():
+        with torch.no_grad():
+            return float(np.mean([student.compute_loss(batch, torch.Generator().manual_seed(1000 + i))
+                                  for i in range(8)]))
+
+    start = held_out_loss()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        optimizer.zero_grad()
+        student.compute_loss(batch, generator).backward()
+        optimizer.step()
+    assert held_out_loss() < 0.5 * start
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_a_distilled_chunk_costs_n_network_calls(steps):
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps).eval()
+    calls = []
+    student.model.register_forward_hook(lambda module, inputs, output: calls.append(int(inputs[1])))
+    result = student.predict_action({"obs": torch.rand(3, 2, 20) * 512}, torch.Generator().manual_seed(0))
+    assert calls == student.inference_scheduler.timesteps.tolist() and len(calls) == steps
+    assert result["action"].shape == (3, 8, 2) and torch.isfinite(result["action_pred"]).all()
+
+
+def distillation_config(teacher, *extra):
+    overrides = [f"distillation.teacher_checkpoint={teacher}", "distillation.num_inference_steps=1",
+                 "task.dataset.max_train_episodes=4", "training.batch_size=128", "training.lr_warmup_steps=2",
+                 "training.rollout_every=2", "training.val_every=0", "training.progress=false", "training.num_threads=1", "eval.n_test=2",
+                 "eval.n_train=0", "eval.n_envs=2", "eval.max_steps=16", "eval.n_test_videos=0",
+                 "eval.n_train_videos=0", "logging.mode=disabled", *extra]
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = compose(config_name="pusht_lowdim_consistency", overrides=overrides)
+    validate_config(cfg)
+    return cfg
+
+
+def test_recipe_distils_resumes_exactly_and_writes_a_policy(tmp_path, checkpoint):
+    straight = tmp_path / "straight"
+    metrics = TrainingWorkspace(distillation_config(checkpoint, "training.num_epochs=2"), straight).run()
+    assert metrics["epoch"] == 2 and "test/mean_score" in metrics
+    steps_per_epoch = metrics["global_step"] // 2
+    resumed = tmp_path / "resumed"
+    TrainingWorkspace(distillation_config(checkpoint, "training.num_epochs=2",
+                                          f"training.max_train_steps={steps_per_epoch + 1}"), resumed).run()
+    TrainingWorkspace(distillation_config(checkpoint, "training.num_epochs=2"), resumed).run()
+    a, b = (load_checkpoint(run / "checkpoints" / "latest.ckpt")["state_dicts"]["model"] for run in (straight, resumed))
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    policy = load_policy(straight / "checkpoints" / "latest.ckpt")
+    teacher = load_policy(checkpoint)
+    assert policy.config.sampler == "consistency" and policy.config.num_inference_steps == 1
+    assert policy.config.down_dims == teacher.config.down_dims
+    assert policy.predict_action({"obs": torch.rand(2, 2, 20) * 512})["action"].shape == (2, 8, 2)
+
+
+def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
+    with pytest.raises(ConfigError, match="teacher_checkpoint=.*missing.ckpt is not a file"):
+        distillation_config(tmp_path / "missing.ckpt")
+    with pytest.raises(ConfigError, match="skip_steps must be an integer"):
+        distillation_config(checkpoint, "distillation.skip_steps=0")
+    with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
+        distillation_config(checkpoint, "+distillation.skip_step=5")
