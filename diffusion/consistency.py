@@ -88,12 +88,16 @@ class ConsistencyScheduler(_Scheduler):
         return consistency_function(self.schedule, model_output, sample, t, self.config.prediction_type,
                                     self.config.timestep_scaling, self.config.sigma_data)
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True) -> SchedulerOutput:
-        """x̂_0 = clip(f_θ(x_t, t)), re-noised to the next timestep of the chain unless this is the last."""
+    def step(self, model_output, timestep, sample, generator=None, noise=None, return_dict=True) -> SchedulerOutput:
+        """x̂_0 = clip(f_θ(x_t, t)), re-noised to the next timestep of the chain unless this is the last
+        (z drawn from ``generator``, or given as ``noise``)."""
+        if generator is not None and noise is not None:
+            raise ValueError("pass either generator or noise, not both")
         c = self._lookup(timestep)
         pred_x0 = self._clip(self.consistency(model_output, timestep, sample))
         if self.previous_timestep(timestep) < 0:
             return SchedulerOutput(pred_x0, pred_x0)
-        noise = randn(sample.shape, generator, device=sample.device, dtype=sample.dtype)
+        if noise is None:
+            noise = randn(sample.shape, generator, device=sample.device, dtype=sample.dtype)
         prev_sample = torch.add(pred_x0 * c.sqrt_alpha_prod_prev, noise, alpha=c.one_minus_alpha_prod_prev ** 0.5)
         return SchedulerOutput(prev_sample, pred_x0)

@@ -8,7 +8,12 @@ The exported graph is the whole chunk computation with the DDIM (η = 0) chain u
     (observation steps, x_K) → normalise → encode → K × [ε̂ = U-Net(x_k, k, c); x_{k'} = DDIM(x_k, ε̂)]
     → unnormalise → (action (B, Ta, Da), action_pred (B, T, Da))
 
-so that, given the same initial noise x_K, it computes what ``policy.predict_action`` does. The policy
+or, for a distilled policy (``sampler: consistency``, n calls), the consistency chain, whose re-noising draws
+come in as a second input ``step_noise`` (B, n − 1, T, Da) when n > 1:
+
+    x̂_0 = clip(f_θ(x_{t_i}, t_i, c));  x_{t_{i+1}} = √ᾱ x̂_0 + √(1 − ᾱ) z_i
+
+so that, given the same noise, it computes what ``policy.predict_action`` does. The policy
 config travels inside the file (ONNX metadata / TorchScript extra file). ``ExportedPolicy`` (what
 ``load_policy`` returns for such a file) has the policy interface (``config``, ``predict_action(obs,
 generator)``): it draws x_K with torch and runs the graph, so the evaluation runner and the robot node take
@@ -62,25 +67,38 @@ class SamplingGraph(nn.Module):
 
     def __init__(self, policy: DiffusionUnetPolicy) -> None:
         super().__init__()
-        if policy.config.sampler != "ddim":
-            raise ValueError(f"export unrolls the deterministic DDIM (η = 0) chain; this policy samples with "
-                             f"{policy.config.sampler!r}: export a copy made with "
-                             f"python -m dpstack.policy.checkpoint SRC DST --sampler ddim")
+        if policy.config.sampler == "ddpm":
+            raise ValueError("export unrolls the deterministic DDIM (η = 0) chain or a consistency chain; this "
+                             "policy samples with 'ddpm': export a copy made with "
+                             "python -m dpstack.policy.checkpoint SRC DST --sampler ddim")
         self.policy = policy
         self.names = observation_names(policy.config)
         self.eval()
 
     def forward(self, *inputs: torch.Tensor):
-        *observations, sample = inputs
+        observations, (sample, *step_noise) = inputs[:len(self.names)], inputs[len(self.names):]
         policy, scheduler = self.policy, self.policy.inference_scheduler
         cond = policy._global_condition(dict(zip(self.names, observations)) if len(self.names) > 1
                                         else {"obs": observations[0]})
-        for t in scheduler.timesteps.tolist():
+        for i, t in enumerate(scheduler.timesteps.tolist()):
             model_output = policy.model(sample, torch.tensor(t, device=sample.device), cond)
-            sample = scheduler.step(model_output, t, sample, eta=0.0).prev_sample
+            if policy.config.sampler == "consistency":
+                noise = step_noise[0][:, i] if i < len(scheduler.timesteps) - 1 else None
+                sample = scheduler.step(model_output, t, sample, noise=noise).prev_sample
+            else:
+                sample = scheduler.step(model_output, t, sample, eta=0.0).prev_sample
         action_pred = policy.normalizer["action"].unnormalize(sample)
         start = policy.config.n_obs_steps - 1
         return action_pred[:, start:start + policy.config.n_action_steps], action_pred
+
+
+def noise_names(config: DiffusionPolicyConfig) -> tuple[str, ...]:
+    """The graph's noise inputs: x_K, and the re-noising draws of a consistency chain of more than one step."""
+    return ("initial_noise", "step_noise") if renoising_steps(config) else ("initial_noise",)
+
+
+def renoising_steps(config: DiffusionPolicyConfig) -> int:
+    return config.num_inference_steps - 1 if config.sampler == "consistency" else 0
 
 
 def example_inputs(config: DiffusionPolicyConfig, batch: int = 1) -> tuple[torch.Tensor, ...]:
@@ -89,7 +107,10 @@ def example_inputs(config: DiffusionPolicyConfig, batch: int = 1) -> tuple[torch
         observations = (torch.zeros(batch, steps, config.obs_dim),)
     else:
         observations = (torch.zeros(batch, steps, 3, IMAGE_SIZE, IMAGE_SIZE), torch.zeros(batch, steps, 2))
-    return (*observations, torch.zeros(batch, config.horizon, config.action_dim))
+    noise = [torch.zeros(batch, config.horizon, config.action_dim)]
+    if renoising_steps(config):
+        noise.append(torch.zeros(batch, renoising_steps(config), config.horizon, config.action_dim))
+    return (*observations, *noise)
 
 
 def export(policy: DiffusionUnetPolicy, path: str | os.PathLike, fmt: str = "onnx", opset: int = 18) -> Path:
@@ -108,7 +129,7 @@ def export(policy: DiffusionUnetPolicy, path: str | os.PathLike, fmt: str = "onn
             return path
         import onnx
 
-        names = [*graph.names, "initial_noise"]
+        names = [*graph.names, *noise_names(policy.config)]
         torch.onnx.export(graph, inputs, str(path), input_names=names, output_names=list(OUTPUT_NAMES),
                           opset_version=opset, dynamo=False,
                           dynamic_axes={name: {0: "batch"} for name in names + list(OUTPUT_NAMES)})
@@ -172,13 +193,18 @@ class ExportedPolicy:
         names = observation_names(self.config)
         observations = [torch.as_tensor(obs[name], dtype=torch.float32) for name in names]
         batch = observations[0].shape[0]
-        noise = randn((batch, self.config.horizon, self.config.action_dim), generator, device="cpu")
+        shape = (batch, self.config.horizon, self.config.action_dim)
+        noise = [randn(shape, generator, device="cpu")]  # drawn in the order the policy draws them
+        if renoising_steps(self.config):
+            noise.append(torch.stack([randn(shape, generator, device="cpu")
+                                      for _ in range(renoising_steps(self.config))], dim=1))
         if self.format == "onnx":
-            feeds = {name: value.numpy() for name, value in zip([*names, "initial_noise"], [*observations, noise])}
+            feeds = {name: value.numpy() for name, value in zip([*names, *noise_names(self.config)],
+                                                                [*observations, *noise])}
             action, action_pred = (torch.from_numpy(x) for x in self.session.run(list(OUTPUT_NAMES), feeds))
         else:
             with torch.no_grad():
-                action, action_pred = self.module(*observations, noise)
+                action, action_pred = self.module(*observations, *noise)
         return {"action": action, "action_pred": action_pred}
 
 
@@ -199,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    inputs = example_inputs(policy.config, batch=4)
-    obs = dict(zip(observation_names(policy.config), (torch.randn_like(x) for x in inputs[:-1])))
+    inputs = example_inputs(policy.config, batch=4)[:len(observation_names(policy.config))]
+    obs = dict(zip(observation_names(policy.config), (torch.randn_like(x) for x in inputs)))
     started = time.perf_counter()
     ours = exported.predict_action(obs, torch.Generator().manual_seed(0))["action_pred"]
     seconds = time.perf_counter() - started

@@ -12,7 +12,7 @@ TOLERANCE_PX = 1e-3  # env units (pixels of the 512 × 512 workspace); measured 
 
 def random_observation(config, batch=3, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    inputs = example_inputs(config, batch)[:-1]
+    inputs = example_inputs(config, batch)[:len(observation_names(config))]
     return dict(zip(observation_names(config), (torch.randn(x.shape, generator=generator) for x in inputs)))
 
 
@@ -34,9 +34,25 @@ def test_exported_policy_matches_pytorch(tmp_path, checkpoint, fmt):
     assert exported.predict_action(obs, rows)["action"].shape == (3, policy.config.n_action_steps, 2)
 
 
+@pytest.mark.parametrize("fmt, steps", [("onnx", 2), ("torchscript", 1), ("torchscript", 3)])
+def test_exported_consistency_policy_matches_pytorch(tmp_path, checkpoint, fmt, steps):
+    """A distilled policy's chain re-noises between calls: the draws come in as ``step_noise``, in the order
+    the PyTorch policy draws them, so the same generator gives the same actions."""
+    pytest.importorskip("onnxruntime") if fmt == "onnx" else None
+    from dpstack.policy.distillation import ConsistencyStudent
+
+    policy = ConsistencyStudent(load_policy(checkpoint), skip_steps=10, num_inference_steps=steps).eval()
+    exported = load_policy(export(policy, tmp_path / ("policy.onnx" if fmt == "onnx" else "policy.pt"), fmt))
+    assert exported.config == policy.config
+    obs = random_observation(policy.config)
+    ours = exported.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(3)])
+    reference = policy.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(3)])
+    assert float((ours["action_pred"] - reference["action_pred"]).abs().max()) < TOLERANCE_PX
+
+
 def test_export_refuses_the_stochastic_sampler_and_cuda(tmp_path, checkpoint):
     ddpm = export_for_inference(checkpoint, tmp_path / "ddpm.ckpt", sampler="ddpm", num_inference_steps=4)
-    with pytest.raises(ValueError, match="unrolls the deterministic DDIM"):
+    with pytest.raises(ValueError, match="unrolls the deterministic DDIM .*chain or a consistency chain"):
         export(load_policy(ddpm), tmp_path / "x.pt", "torchscript")
     assert main([str(ddpm), "--format", "torchscript", "--out", str(tmp_path / "x.pt")]) == 2
     ddim = export_for_inference(checkpoint, tmp_path / "ddim.ckpt", sampler="ddim", num_inference_steps=4)
