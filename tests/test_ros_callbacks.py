@@ -77,6 +77,38 @@ def test_holds_keep_the_commanded_setpoint(checkpoint):
         rclpy.shutdown()
 
 
+def test_a_distilled_policy_drives_the_node(checkpoint, tmp_path):
+    """A consistency-distilled policy (policy.distillation) is a checkpoint like any other for the node: it
+    loads, is traced, and one inference (two U-Net calls) gives the plan the node publishes."""
+    from dpstack.envs.geometry import block_keypoints
+    from dpstack.policy.checkpoint import load_checkpoint, load_policy, save_checkpoint
+    from dpstack.policy.distillation import ConsistencyStudent
+
+    sys.path.insert(0, str(PACKAGE))
+    from real_robot.policy_node import PolicyNode
+
+    student = ConsistencyStudent(load_policy(checkpoint), skip_steps=10, num_inference_steps=2)
+    path = save_checkpoint({"config": load_checkpoint(checkpoint)["config"], "policy_config": student.config.to_dict(),
+                            "state_dicts": {"model": student.state_dict()}}, tmp_path / "distilled.ckpt")
+    rclpy.init(args=["--ros-args", "-p", f"checkpoint:={path}", "-p", "enabled:=true"])
+    try:
+        policy = load_policy(path, optimize=True)
+        assert policy.config.sampler == "consistency" and policy.inference_scheduler.timesteps.tolist() == [90, 45]
+        node = PolicyNode("distilled_probe", policy=policy)
+        node.command_pub = recorder = Recorder()
+        keypoints = block_keypoints(np.array([256.0, 300.0, 0.3])).ravel()
+        for _ in range(2):  # request a chunk, run it (the inference thread's job), publish it
+            node.observations.add("agent", np.array([200.0, 300.0]), node.now())
+            node.observations.add("keypoints", keypoints, node.now())
+            node._control_tick()
+            node._run_inference()
+        assert recorder.messages and len(recorder.messages[-1].points) > 1
+        assert np.isfinite([p.positions for p in recorder.messages[-1].points]).all()
+        node.node.destroy_node()
+    finally:
+        rclpy.shutdown()
+
+
 def test_sensor_subscriptions_are_best_effort_and_bad_messages_count_as_missing(checkpoint):
     """Sensor topics subscribe BEST_EFFORT (matching best-effort drivers and RELIABLE publishers, which the
     closed-loop tests use). A NaN/inf pose or keypoint array, or a message a decoder chokes on, is logged
