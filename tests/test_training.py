@@ -120,7 +120,8 @@ def test_checkpoints_older_than_later_settings_still_resume(tmp_path, pusht_zarr
     """A checkpoint written before ``policy.cond_noise_std``, ``task.dataset.mirror`` and
     ``task.dataset.align_to_goal`` existed resumes under a config that holds them at the values such a
     checkpoint implies (no noise, no mirror, no alignment)."""
-    before = ("training.rollout_every=0", "policy.cond_noise_std=0.0", "task.dataset.mirror=false")
+    before = ("training.rollout_every=0", "policy.cond_noise_std=0.0", "task.dataset.mirror=false",
+              "task.dataset.align_to_goal=false")
     TrainingWorkspace(tiny_config("training.num_epochs=1", *before), tmp_path).run()
     latest = tmp_path / "checkpoints" / "latest.ckpt"
     payload = load_checkpoint(latest)
