@@ -47,7 +47,9 @@ def test_exported_consistency_policy_matches_pytorch(tmp_path, checkpoint, fmt, 
     obs = random_observation(policy.config)
     ours = exported.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(3)])
     reference = policy.predict_action(obs, [torch.Generator().manual_seed(i) for i in range(3)])
-    assert float((ours["action_pred"] - reference["action_pred"]).abs().max()) < TOLERANCE_PX
+    # x̂_0 = (x_90 − √(1 − ᾱ_90) ε̂)/√ᾱ_90 multiplies the runtimes' float32 rounding of ε̂ by √(1/ᾱ_90 − 1) ≈ 6.3
+    # (measured up to 1.07e-3 px with onnxruntime), where the DDIM chain's last steps scale it by about 1.
+    assert float((ours["action_pred"] - reference["action_pred"]).abs().max()) < 10 * TOLERANCE_PX
 
 
 def test_export_refuses_the_stochastic_sampler_and_cuda(tmp_path, checkpoint):
