@@ -22,12 +22,10 @@ from .schedulers import SchedulerOutput, _Scheduler
 from .schedules import NoiseSchedule
 
 
-def boundary_coefficients(t: torch.Tensor, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
-    """(c_skip(t), c_out(t)) of the module docstring, as float tensors shaped like ``t``."""
-    scaled = t.double() * timestep_scaling
-    c_skip = sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2)
-    c_out = scaled / (scaled ** 2 + sigma_data ** 2).sqrt()
-    return c_skip.float(), c_out.float()
+def boundary_coefficients(t, timestep_scaling: float = 10.0, sigma_data: float = 0.5):
+    """(c_skip(t), c_out(t)) of the module docstring, for a Python number or a float tensor ``t``."""
+    scaled = t * timestep_scaling
+    return sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2), scaled / (scaled ** 2 + sigma_data ** 2) ** 0.5
 
 
 def consistency_function(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -35,10 +33,9 @@ def consistency_function(schedule: NoiseSchedule, model_output: torch.Tensor, x_
                          sigma_data: float = 0.5) -> torch.Tensor:
     """f_θ(x_t, t) = c_skip(t) x_t + c_out(t) x̂_0(x_t, t) at per-sample timesteps ``t`` (shape (B,))."""
     t = torch.as_tensor(t, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-    c_skip, c_out = boundary_coefficients(t, timestep_scaling, sigma_data)
-    shape = (-1, *([1] * (x_t.ndim - 1)))
-    x0 = predict_x0(schedule, model_output, x_t, t, prediction_type)
-    return c_skip.to(x_t).reshape(shape) * x_t + c_out.to(x_t).reshape(shape) * x0
+    c_skip, c_out = boundary_coefficients(t.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1))),
+                                          timestep_scaling, sigma_data)
+    return c_skip * x_t + c_out * predict_x0(schedule, model_output, x_t, t, prediction_type)
 
 
 def ddim_jump(schedule: NoiseSchedule, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
@@ -83,10 +80,10 @@ class ConsistencyScheduler(_Scheduler):
         return {k: v for k, v in super().to_dict().items() if k not in ("timestep_spacing", "steps_offset")}
 
     def consistency(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
-        """f_θ(x_t, t) for one timestep shared by the batch (unclipped)."""
-        t = torch.full((sample.shape[0],), int(timestep), dtype=torch.long, device=sample.device)
-        return consistency_function(self.schedule, model_output, sample, t, self.config.prediction_type,
-                                    self.config.timestep_scaling, self.config.sigma_data)
+        """f_θ(x_t, t) for one timestep shared by the batch (unclipped), from the chain's precomputed
+        coefficients as the other schedulers' ``step`` (no tensor indexing on the sampling path)."""
+        c_skip, c_out = boundary_coefficients(int(timestep), self.config.timestep_scaling, self.config.sigma_data)
+        return torch.add(sample * c_skip, self._predict_x0(model_output, sample, self._lookup(timestep)), alpha=c_out)
 
     def step(self, model_output, timestep, sample, generator=None, noise=None, return_dict=True) -> SchedulerOutput:
         """x̂_0 = clip(f_θ(x_t, t)), re-noised to the next timestep of the chain unless this is the last
