@@ -8,6 +8,14 @@ Per batch, with K training timesteps and a teacher step of k timesteps:
     Â^s = DDIM_teacher(A^t, t → s)                          one deterministic teacher step (x̂_0 clipped)
     L   = ‖f_θ(A^t, t, c) − stopgrad f_θ(Â^s, s, c)‖²        f_θ(x, 0) = x: the boundary condition
 
+``objective: trajectory`` instead regresses the teacher's whole deterministic solve (Luhman & Luhman 2021,
+"knowledge distillation in iterative generative models"), only at the student's own sampling timesteps t_i:
+
+    A^{t_0} = ε ~ N(0, I) (as sampling starts),  A^{t_i} = √ᾱ_{t_i} A⁰ + √(1 − ᾱ_{t_i}) ε for i ≥ 1
+    L = ‖f_θ(A^{t_i}, t_i, c) − DDIM_teacher(A^{t_i}, t_i → t_i − k → … → clean)‖²
+
+so with one step the student learns the teacher's DDIM-10 map from noise to actions, call for call.
+
 The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
 ``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts): its checkpoint loads
 with ``load_policy`` into eval.py, the benchmarks and the robot node like any other policy.
@@ -24,8 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from dpstack.diffusion.consistency import consistency_function, ddim_jump
-from dpstack.diffusion.gaussian import q_sample
+from dpstack.diffusion.gaussian import predict_x0, q_sample
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
+
+
+OBJECTIVES = ("consistency", "trajectory")
 
 
 @dataclass
@@ -35,6 +46,7 @@ class ConsistencyDistillationConfig:
     teacher_checkpoint: str = "pretrained/pusht_lowdim.ckpt"  # a policy checkpoint (EMA weights are used)
     skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
+    objective: str = "consistency"  # or "trajectory": regress the teacher's whole DDIM solve (module docstring)
 
     def __post_init__(self) -> None:
         problems = []
@@ -45,6 +57,8 @@ class ConsistencyDistillationConfig:
             problems.append(f"distillation.skip_steps must be an integer ≥ 1, got {self.skip_steps!r}")
         if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
             problems.append(f"distillation.num_inference_steps must be an integer ≥ 1, got {self.num_inference_steps!r}")
+        if self.objective not in OBJECTIVES:
+            problems.append(f"distillation.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if problems:
             raise ValueError("invalid distillation config: " + "; ".join(problems))
 
@@ -60,7 +74,10 @@ class ConsistencyStudent(DiffusionUnetPolicy):
     """A consistency policy being distilled from ``teacher`` (frozen, held outside the module's parameters
     and state dict: checkpoints hold the student only)."""
 
-    def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int) -> None:
+    def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int,
+                 objective: str = "consistency") -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if teacher.config.sampler == "consistency":
             raise ValueError("the teacher is itself a consistency policy; distil from a diffusion policy")
         max_timestep = teacher.config.num_train_timesteps - skip_steps
@@ -68,7 +85,7 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             sampler="consistency", num_inference_steps=num_inference_steps, consistency_max_timestep=max_timestep))
         super().__init__(config, copy.deepcopy(teacher.normalizer))
         self.load_state_dict(teacher.state_dict())
-        self.skip_steps = skip_steps
+        self.skip_steps, self.objective = skip_steps, objective
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
 
     def _apply(self, fn, *args, **kwargs):
@@ -88,8 +105,25 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         return ddim_jump(self.noise_scheduler.schedule, self.teacher.model(x_t, t, cond), x_t, t, s,
                          self.config.prediction_type, self.config.clip_sample)
 
+    @torch.no_grad()
+    def _teacher_solve(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The teacher's DDIM solve from per-sample timesteps t: steps of k timesteps while t ≥ k, then its
+        clipped x̂_0 (the last DDIM step, to ᾱ = 1). From t = K − k this is the teacher's DDIM-(K/k) chain."""
+        schedule, k = self.noise_scheduler.schedule, self.skip_steps
+        x, t, done = x_t, t.clone(), torch.zeros_like(t, dtype=torch.bool)
+        while not done.all():
+            output = self.teacher.model(x, t, cond)
+            last = (t < k).reshape(-1, *([1] * (x.ndim - 1)))
+            x0 = predict_x0(schedule, output, x, t, self.config.prediction_type)
+            stepped = torch.where(last, x0.clamp(-1, 1) if self.config.clip_sample else x0,
+                                  ddim_jump(schedule, output, x, t, (t - k).clamp(min=0), self.config.prediction_type,
+                                            self.config.clip_sample))
+            x = torch.where(done.reshape(last.shape), x, stepped)
+            done, t = done | (t < k), (t - k).clamp(min=0)
+        return x
+
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The consistency-distillation loss of the module docstring (squared ℓ2, mean over elements)."""
+        """The distillation loss of the module docstring for ``objective`` (squared ℓ2, mean over elements)."""
         cond = self._global_condition(batch["obs"])
         with torch.no_grad():
             teacher_cond = self.teacher._global_condition(batch["obs"])
@@ -98,6 +132,12 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             cond, teacher_cond = cond + cond_noise, teacher_cond + cond_noise
         actions = self.normalizer["action"].normalize(batch["action"])
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
+        if self.objective == "trajectory":
+            chain = self.inference_scheduler.timesteps.to(actions.device)
+            t = chain[torch.randint(0, len(chain), (actions.shape[0],), generator=generator, device=actions.device)]
+            starts = (t == chain[0]).reshape(-1, 1, 1)
+            x_t = torch.where(starts, noise, q_sample(self.noise_scheduler.schedule, actions, t, noise))
+            return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
         t = torch.randint(1, self.config.consistency_max_timestep + 1, (actions.shape[0],), generator=generator,
                           device=actions.device)
         s = (t - self.skip_steps).clamp(min=0)

@@ -95,10 +95,25 @@ def test_student_starts_as_the_teacher_and_trains_without_touching_it():
         ConsistencyStudent(student, 10, 1)
 
 
-def test_distillation_lowers_the_consistency_loss():
+def test_the_teacher_solve_from_noise_is_its_ddim_chain():
+    """The trajectory target from t = K − k is the teacher's own DDIM-10 sample from the same noise; from a
+    later timestep it is a shorter solve of the same ODE (finite, inside the clip range)."""
+    teacher = tiny_teacher().eval()
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=2, objective="trajectory")
+    cond = teacher._global_condition(torch.rand(5, 2, 20) * 512)
+    noise = torch.randn((5, 16, 2), generator=torch.Generator().manual_seed(3))
+    expected = teacher.sample_actions(cond, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(student._teacher_solve(noise, torch.full((5,), 90), cond), expected, atol=1e-5, rtol=0)
+    mixed = student._teacher_solve(noise, torch.tensor([90, 45, 45, 90, 5]), cond)
+    torch.testing.assert_close(mixed[[0, 3]], expected[[0, 3]], atol=1e-5, rtol=0)
+    assert mixed.abs().max() <= 1 and not torch.allclose(mixed[1:3], expected[1:3])
+
+
+@pytest.mark.parametrize("objective", ["consistency", "trajectory"])
+def test_distillation_lowers_its_loss(objective):
     """A few hundred steps on a fixed batch: the loss at fixed (t, noise) draws falls well below its start."""
     torch.manual_seed(0)
-    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=1)
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=1, objective=objective)
     batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
 
     def held_out_loss():
@@ -156,10 +171,19 @@ def test_recipe_distils_resumes_exactly_and_writes_a_policy(tmp_path, checkpoint
     assert policy.predict_action({"obs": torch.rand(2, 2, 20) * 512})["action"].shape == (2, 8, 2)
 
 
+def test_the_recipe_builds_the_configured_objective(checkpoint):
+    from dpstack.training.recipes import ConsistencyDistillationRecipe
+
+    student = ConsistencyDistillationRecipe(distillation_config(checkpoint, "distillation.objective=trajectory")).build_model(None)
+    assert student.objective == "trajectory" and student.config.num_inference_steps == 1
+
+
 def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
     with pytest.raises(ConfigError, match="teacher_checkpoint=.*missing.ckpt is not a file"):
         distillation_config(tmp_path / "missing.ckpt")
     with pytest.raises(ConfigError, match="skip_steps must be an integer"):
         distillation_config(checkpoint, "distillation.skip_steps=0")
+    with pytest.raises(ConfigError, match="objective must be one of"):
+        distillation_config(checkpoint, "distillation.objective=progressive")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
