@@ -16,8 +16,10 @@ Writes ``eval.json`` and the pictures of ``dpstack.generative.pictures`` to ``--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,19 +38,64 @@ def heldout_digits(n: int | None = None, root=None, scheme: str = "test_split") 
     return to_model_space(heldout.images), heldout.labels
 
 
-def bits_per_dim(model, images: torch.Tensor, batch_size: int = 250, seed: int = 0, progress: bool = True) -> dict:
-    """Mean full-bound bits/dim over ``images`` with its standard error, and the mean of each part."""
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    totals, priors, decoders = [], [], []
-    for chunk in tqdm(images.split(batch_size), desc="bits/dim (all T terms)", disable=not progress, leave=False):
-        bound = model.bits_per_dim(chunk.to(model.device), generator=generator)
-        totals.append(bound["total"].cpu())
-        priors.append(bound["prior"].cpu())
-        decoders.append(bound["terms"][:, 0].cpu())
-    total = torch.cat(totals).double()
+def bits_per_dim(model, images: torch.Tensor, batch_size: int = 100, seed: int = 0, progress: bool = True,
+                 ledger: str | Path | None = None, fingerprint: str = "") -> dict:
+    """Mean full-bound bits/dim over ``images`` with its standard error, and the mean of each part.
+
+    The batch images[s : s + batch_size] draws its x_t ~ q(x_t | x_0) from a generator seeded ``seed + s``, so a
+    batch's bound does not depend on which batches ran before it. With a ``ledger`` (a JSON file) each finished
+    batch is written there atomically and skipped when the same evaluation runs again: the T model calls per
+    digit of a long evaluation can be spread over several runs and give the numbers of one run.
+    ``fingerprint`` names the model and data (a ledger written for another is refused).
+    """
+    book = BoundLedger(ledger, fingerprint, seed) if ledger else None
+    parts = []
+    for start in tqdm(range(0, len(images), batch_size), desc="bits/dim (all T terms)", disable=not progress,
+                      leave=False):
+        key = f"{start}-{min(start + batch_size, len(images))}"
+        done = book.batches.get(key) if book else None
+        if done is None:
+            generator = torch.Generator(device=model.device).manual_seed(seed + start)
+            bound = model.bits_per_dim(images[start:start + batch_size].to(model.device), generator=generator)
+            done = {"total": bound["total"].tolist(), "prior": bound["prior"].tolist(),
+                    "decoder": bound["terms"][:, 0].tolist()}
+            if book:
+                book.record(key, done)
+        parts.append(done)
+    total, prior, decoder = (torch.tensor([v for part in parts for v in part[name]], dtype=torch.float64)
+                             for name in ("total", "prior", "decoder"))
     return {"bits_per_dim": float(total.mean()), "bits_per_dim_stderr": float(total.std() / math.sqrt(len(total))),
-            "prior_L_T": float(torch.cat(priors).mean()), "decoder_L_0": float(torch.cat(decoders).mean()),
+            "prior_L_T": float(prior.mean()), "decoder_L_0": float(decoder.mean()),
             "n_images": len(total), "num_timesteps": model.config.num_train_timesteps}
+
+
+class BoundLedger:
+    """The per-digit bounds of finished batches of one evaluation (model, data, seed), kept in a JSON file."""
+
+    def __init__(self, path: str | Path, fingerprint: str, seed: int):
+        self.path, self.header = Path(path), {"fingerprint": fingerprint, "seed": seed}
+        self.batches: dict = {}
+        if self.path.is_file():
+            stored = json.loads(self.path.read_text())
+            found = {name: stored.get(name) for name in self.header}
+            if found != self.header:
+                raise ValueError(f"bits/dim ledger {self.path} belongs to another evaluation ({found}, not "
+                                 f"{self.header}); delete it or give another --bpd-ledger")
+            self.batches = stored["batches"]
+
+    def record(self, key: str, bounds: dict) -> None:
+        """Add one batch's per-digit bounds and rewrite the file atomically (temp file, rename)."""
+        self.batches[key] = bounds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        temporary.write_text(json.dumps({**self.header, "batches": self.batches}))
+        os.replace(temporary, self.path)
+
+
+def file_fingerprint(path: str | Path, *extra: str) -> str:
+    """sha256 of a file's bytes (the first 16 hex digits), joined with ``extra`` names."""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    return ":".join([digest, *extra])
 
 
 def generate(model, n: int, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, labels=None,
@@ -84,7 +131,7 @@ def cycled_labels(n: int, num_classes: int) -> torch.Tensor:
 
 def evaluate(model, n_bpd: int = 1000, n_samples: int = 5000, sampler: str = "ddim", steps: int | None = 50,
              eta: float = 0.0, guidance_scale: float = 1.0, seed: int = 0, root=None, progress: bool = True,
-             split_scheme: str = "test_split") -> dict:
+             split_scheme: str = "test_split", bpd_ledger: str | Path | None = None, fingerprint: str = "") -> dict:
     """All of the module docstring's numbers for one model (its EMA weights, in eval mode), on the held-out
     digits of the split scheme it was trained with."""
     classifier, classifier_accuracy = load_classifier(CLASSIFIER_PATH)
@@ -92,7 +139,8 @@ def evaluate(model, n_bpd: int = 1000, n_samples: int = 5000, sampler: str = "dd
     metrics: dict = {"classifier_heldout_accuracy": classifier_accuracy}
     if n_bpd:
         started = time.monotonic()
-        metrics.update(bits_per_dim(model, reference[:n_bpd], seed=seed, progress=progress))
+        metrics.update(bits_per_dim(model, reference[:n_bpd], seed=seed, progress=progress, ledger=bpd_ledger,
+                                    fingerprint=fingerprint))
         metrics["bpd_seconds"] = time.monotonic() - started
     if n_samples:
         started = time.monotonic()
@@ -128,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default="data/eval_mnist", help="folder for eval.json and pictures")
+    parser.add_argument("--bpd-ledger", default=None,
+                        help="JSON file of finished bits/dim batches: written as they finish, skipped when the "
+                             "same command runs again (a long evaluation in pieces)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -137,10 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    fingerprint = file_fingerprint(args.checkpoint, scheme)
+    if args.bpd_ledger:
+        try:
+            BoundLedger(args.bpd_ledger, fingerprint, args.seed)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(model, args.n_bpd, args.n_samples, args.sampler, args.steps or None, args.eta, args.guidance,
-                       args.seed, args.data_root, split_scheme=scheme)
+                       args.seed, args.data_root, split_scheme=scheme, bpd_ledger=args.bpd_ledger,
+                       fingerprint=fingerprint)
     metrics["checkpoint"] = str(args.checkpoint)
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
     save_all_pictures(model, out, seed=args.seed)

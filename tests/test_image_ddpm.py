@@ -113,6 +113,25 @@ def test_untrained_bound_is_finite_and_made_of_its_terms(mnist_data):
     assert 2 < float(bound["total"].mean()) < 12  # an untrained ε̂ = 0 network: several bits per pixel
 
 
+def test_bound_in_pieces_through_a_ledger_equals_one_run(tmp_path, mnist_data):
+    from dpstack.generative.evaluate import bits_per_dim
+
+    model = tiny_model(unet={"num_classes": None}, T=10)
+    model.eval()
+    digits = mnist.to_model_space(mnist.MNISTDataset("train", max_items=6).images)
+    whole = bits_per_dim(model, digits, batch_size=2, seed=3, progress=False)
+    ledger = tmp_path / "bpd.json"
+    bits_per_dim(model, digits[:4], batch_size=2, seed=3, progress=False, ledger=ledger, fingerprint="m")
+    calls = []
+    original = model.bits_per_dim
+    model.bits_per_dim = lambda x, generator: calls.append(len(x)) or original(x, generator=generator)
+    pieces = bits_per_dim(model, digits, batch_size=2, seed=3, progress=False, ledger=ledger, fingerprint="m")
+    assert calls == [2]  # only the batch the first run did not reach
+    assert pieces == pytest.approx(whole, rel=1e-12) and pieces["n_images"] == 6
+    with pytest.raises(ValueError, match="belongs to another evaluation"):
+        bits_per_dim(model, digits, batch_size=2, seed=3, progress=False, ledger=ledger, fingerprint="other")
+
+
 def test_a_model_overfit_to_a_few_digits_gives_them_fewer_bits(mnist_data):
     model = tiny_model(unet={"num_classes": None, "base_channels": 16, "groups": 8, "attention_resolutions": ()},
                        T=100)
