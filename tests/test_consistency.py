@@ -187,3 +187,18 @@ def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
         distillation_config(checkpoint, "distillation.objective=progressive")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
+
+
+def test_the_student_learns_on_its_teachers_demonstrations(checkpoint):
+    from dpstack.training.recipes import ConsistencyDistillationRecipe
+
+    teacher_data = load_checkpoint(checkpoint)["config"]["task"]["dataset"]
+    inherited = ConsistencyDistillationRecipe(distillation_config(checkpoint))
+    same, _ = inherited.build_data()
+    for flag in ("mirror", "align_to_goal"):  # null in the config: the teacher's value, recorded in the run config
+        assert inherited.cfg.task.dataset[flag] == bool(teacher_data.get(flag, False))
+    flipped = not inherited.cfg.task.dataset.mirror
+    overridden = ConsistencyDistillationRecipe(distillation_config(checkpoint, f"task.dataset.mirror={flipped}"))
+    other, _ = overridden.build_data()
+    assert overridden.cfg.task.dataset.mirror is flipped
+    assert len(other) == (2 * len(same) if flipped else len(same) // 2)  # the mirror doubles the windows

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 DEFAULT_RECIPE = "policy"
 
@@ -90,6 +90,7 @@ class ConsistencyDistillationRecipe(PolicyRecipe):
     evaluation as for the teacher's policy, the shape (horizon, observation and action steps) the teacher's."""
 
     model_section = "distillation"
+    DATA_FLAGS = ("mirror", "align_to_goal")
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -104,6 +105,20 @@ class ConsistencyDistillationRecipe(PolicyRecipe):
 
     def policy_shape(self):
         return self.teacher().config
+
+    def build_data(self):
+        """The teacher's demonstrations: a ``task.dataset`` flag (mirror, align_to_goal) left null takes the
+        teacher's value from its checkpoint's run config, written into this run's config before it is saved."""
+        from dpstack.diffusion.checkpoint_io import load_checkpoint
+
+        dataset = self.cfg.task.dataset
+        unset = [flag for flag in self.DATA_FLAGS if dataset.get(flag) is None]
+        if unset:
+            teacher_data = load_checkpoint(self.cfg.distillation.teacher_checkpoint)["config"]["task"]["dataset"]
+            with open_dict(dataset):
+                for flag in unset:
+                    dataset[flag] = bool(teacher_data.get(flag, False))
+        return super().build_data()
 
     def build_model(self, dataset):
         from dpstack.policy.distillation import ConsistencyStudent
