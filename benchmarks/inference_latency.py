@@ -1,7 +1,7 @@
 """Per-chunk inference latency at batch 1 on CPU: observation in, a chunk of actions out.
 
     python benchmarks/inference_latency.py [--calls 50] [--threads 1 2] [--checkpoint pretrained/pusht_lowdim.ckpt]
-        [--distilled pretrained/pusht_lowdim_consistency.ckpt]
+        [--distilled pretrained/pusht_lowdim_distilled.ckpt]
 
 Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with random weights,
 the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--paper-calls", type=int, default=10, help="calls for the slow DDPM-100 rows")
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
-    parser.add_argument("--distilled", type=Path, default=Path("pretrained/pusht_lowdim_consistency.ckpt"),
+    parser.add_argument("--distilled", type=Path, default=Path("pretrained/pusht_lowdim_distilled.ckpt"),
                         help="a policy distilled from --checkpoint (rows skipped when the file is missing)")
     parser.add_argument("--distilled-steps", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
