@@ -1,10 +1,15 @@
 """Classifier-FID of an image DDPM against the number of sampling steps, for DDIM η = 0, 0.5, 1 and DDPM
-(the shape of Song et al. 2021, Table 1), all from the same seeds.
+(the shape of Song et al. 2021, Table 1), every cell from the same seeds.
 
-    python benchmarks/mnist_sampler_sweep.py [pretrained/mnist_ddpm.ckpt] [--samples 5000] [--steps 10 20 50 100 1000]
+    python benchmarks/mnist_sampler_sweep.py [pretrained/mnist_ddpm.ckpt] [--samples 5000] \\
+        [--steps 10 20 50 100 0] [--ledger benchmarks/results/mnist_sampler_sweep.npz] [--max-minutes 60]
 
 Samples are unconditional (the model's ∅ branch); each cell is the Fréchet distance of the MNIST classifier's
-features between that cell's samples and the 1,000 held-out digits. Also prints seconds per cell.
+features between that cell's samples and the 1,000 held-out digits (steps 0: the full chain of T steps). The
+cells' feature moments go chunk by chunk into the ledger (``dpstack.generative.fid_ledger``), so the sweep can be
+spread over several runs: run the same command again and it goes on where it stopped. Cells are filled in order
+of cost (fewest steps first); DDPM (σ² = β̃) is the update of DDIM η = 1 and reuses its cell when their first
+chunks are bit-identical. Prints the table (cells not yet complete show how many samples they hold).
 """
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from dpstack.generative.checkpoint import load_image_model
-from dpstack.generative.classifier import load_classifier
-from dpstack.generative.evaluate import generate, heldout_digits, sample_quality
+from dpstack.generative.classifier import load_classifier, predict_features
+from dpstack.generative.evaluate import file_fingerprint, heldout_digits
+from dpstack.generative.fid_ledger import FIDLedger, cell_key
 
 SAMPLERS = (("DDIM η=0", "ddim", 0.0), ("DDIM η=0.5", "ddim", 0.5), ("DDIM η=1", "ddim", 1.0), ("DDPM", "ddpm", 0.0))
 
@@ -25,25 +32,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", nargs="?", default=Path("pretrained/mnist_ddpm.ckpt"), type=Path)
     parser.add_argument("--samples", type=int, default=5000)
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 50, 100, 0], help="0: all T steps")
+    parser.add_argument("--ledger", type=Path, default=None, help=".npz of finished chunks (default: none kept)")
+    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop between chunks after this long")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_image_model(args.checkpoint)
+    steps = sorted(k or model.config.num_train_timesteps for k in args.steps)
+    ledger = FIDLedger(args.ledger, file_fingerprint(args.checkpoint), args.seed, args.chunk_size)
     classifier, _ = load_classifier()
-    reference, _ = heldout_digits()
-    print(f"classifier-FID of {args.samples} samples vs the 1,000 held-out digits ({args.checkpoint})")
-    print(f"{'sampler':<12}" + "".join(f"{k:>14}" for k in args.steps))
+    reference_features = predict_features(classifier, heldout_digits()[0])[0]
+    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
+    with tqdm(desc="samples", unit="sample", total=args.samples * len(steps) * len(SAMPLERS)) as progress:
+        for k in steps:
+            for _, sampler, eta in SAMPLERS:
+                reuse = cell_key("ddim", 1.0, k) if sampler == "ddpm" else None
+                started = time.perf_counter()
+                cell = ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, reuse, progress)
+                progress.set_postfix_str(f"{cell_key(sampler, eta, k)} {time.perf_counter() - started:.0f}s")
+    print(f"classifier-FID of {args.samples} unconditional samples vs the 1,000 held-out digits ({args.checkpoint})")
+    print(f"{'sampler':<12}" + "".join(f"{k:>16}" for k in steps))
     for label, sampler, eta in SAMPLERS:
         cells = []
-        for steps in args.steps:
-            started = time.perf_counter()
-            samples = generate(model, args.samples, sampler, steps, eta, seed=args.seed, progress=False)
-            fid = sample_quality(samples, reference, classifier=classifier)["classifier_fid"]
-            cells.append(f"{fid:8.2f} ({time.perf_counter() - started:4.0f}s)")
-        print(f"{label:<12}" + "".join(f"{cell:>14}" for cell in cells), flush=True)
+        for k in steps:
+            moments = ledger.resolve(cell_key(sampler, eta, k))
+            fid = f"{ledger.frechet_distance(cell_key(sampler, eta, k), reference_features):.2f}" if moments.n > 1 else "–"
+            cells.append(fid if moments.n >= args.samples else f"{fid} ({moments.n})")
+        print(f"{label:<12}" + "".join(f"{cell:>16}" for cell in cells), flush=True)
 
 
 if __name__ == "__main__":

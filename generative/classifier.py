@@ -66,8 +66,12 @@ def _sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """FD between Gaussian fits of two feature sets (rows are samples), equation in the module docstring."""
-    mu_a, mu_b = features_a.mean(0), features_b.mean(0)
-    cov_a, cov_b = np.cov(features_a, rowvar=False), np.cov(features_b, rowvar=False)
+    return gaussian_frechet_distance(features_a.mean(0), np.cov(features_a, rowvar=False),
+                                     features_b.mean(0), np.cov(features_b, rowvar=False))
+
+
+def gaussian_frechet_distance(mu_a: np.ndarray, cov_a: np.ndarray, mu_b: np.ndarray, cov_b: np.ndarray) -> float:
+    """FD between N(μ_a, Σ_a) and N(μ_b, Σ_b), the equation in the module docstring."""
     root_a = _sqrtm_psd(cov_a)
     cross = _sqrtm_psd(root_a @ cov_b @ root_a)
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(cross))

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dpstack.datasets.mnist import MNISTDataset, to_model_space
+from dpstack.datasets.mnist import MNISTDataset, to_model_space, to_uint8
 from dpstack.generative.classifier import DEFAULT_PATH as CLASSIFIER_PATH
 from dpstack.generative.classifier import frechet_distance, load_classifier, predict_features
 
@@ -115,7 +115,7 @@ def sample_quality(samples: torch.Tensor, reference: torch.Tensor, labels: torch
                    classifier=None) -> dict:
     """Classifier-FID of samples vs reference digits, and the accuracy on ``labels`` when given."""
     classifier = classifier if classifier is not None else load_classifier(CLASSIFIER_PATH)[0]
-    quantized = to_model_space(((samples.clamp(-1, 1) + 1) * 127.5).round().squeeze(1))  # as stored 8-bit images
+    quantized = to_model_space(to_uint8(samples).squeeze(1))  # as stored 8-bit images
     sample_features, predicted = predict_features(classifier, quantized)
     reference_features, _ = predict_features(classifier, reference)
     result = {"classifier_fid": frechet_distance(sample_features, reference_features), "n_samples": len(samples)}

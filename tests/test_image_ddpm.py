@@ -220,6 +220,43 @@ def test_frechet_distance_of_shifted_gaussians():
 
 
 # --- training through the workspace, the CLIs ---------------------------------------------------------
+def test_fid_ledger_in_pieces_equals_one_run_and_ddpm_reuses_ddim_eta1(tmp_path):
+    from dpstack.generative.classifier import MNISTClassifier
+    from dpstack.generative.fid_ledger import FIDLedger, cell_key
+    torch.manual_seed(1)
+    model, classifier = tiny_model(T=10), MNISTClassifier()
+    reference = np.random.default_rng(0).normal(size=(64, 128))
+    whole = FIDLedger(None, "m", seed=3, chunk_size=4)
+    whole.fill(model, classifier, "ddim", 1.0, 5, 10)
+    pieces = FIDLedger(tmp_path / "sweep.npz", "m", seed=3, chunk_size=4)
+    pieces.fill(model, classifier, "ddim", 1.0, 5, 10, deadline=0.0)  # past its deadline: nothing drawn
+    assert pieces.resolve(cell_key("ddim", 1.0, 5)).n == 0
+    pieces.fill(model, classifier, "ddim", 1.0, 5, 4)                  # the first chunk only, then a new process
+    reopened = FIDLedger(tmp_path / "sweep.npz", "m", seed=3, chunk_size=4)
+    assert reopened.resolve(cell_key("ddim", 1.0, 5)).n == 4
+    reopened.fill(model, classifier, "ddim", 1.0, 5, 10)
+    key = cell_key("ddim", 1.0, 5)
+    assert reopened.resolve(key).n == 10
+    assert reopened.frechet_distance(key, reference) == whole.frechet_distance(key, reference)
+    # DDPM with σ² = β̃ is DDIM η = 1: identical first chunk, so the cell points at η = 1's samples
+    reopened.fill(model, classifier, "ddpm", 0.0, 5, 10, reuse_from=key)
+    assert reopened.cells[cell_key("ddpm", 0.0, 5)].same_as == key
+    reopened.fill(model, classifier, "ddim", 0.0, 5, 8, reuse_from=key)  # another update is sampled, not reused
+    assert reopened.cells[cell_key("ddim", 0.0, 5)].n == 8
+    with pytest.raises(ValueError, match="another sweep"):
+        FIDLedger(tmp_path / "sweep.npz", "other model", seed=3, chunk_size=4)
+
+
+def test_fid_moments_give_numpy_covariance():
+    from dpstack.generative.fid_ledger import CellMoments
+    features = np.random.default_rng(0).normal(size=(50, 128)) * 3 + 1
+    cell = CellMoments()
+    cell.add(features[:20])
+    cell.add(features[20:])
+    mu, cov = cell.gaussian()
+    assert np.allclose(mu, features.mean(0)) and np.allclose(cov, np.cov(features, rowvar=False))
+
+
 def test_train_resume_exactly_and_evaluate(tmp_path, mnist_data):
     straight = TrainingWorkspace(run_config(), tmp_path / "straight").run()
     assert np.isfinite(straight["test/bits_per_dim"]) and "test/conditional_class_accuracy" in straight

@@ -1,0 +1,122 @@
+"""Classifier-FID of sample sets too large for one run: feature moments kept chunk by chunk in a ledger.
+
+The Fréchet distance needs only the first two moments of the classifier features φ. With n, s = Σ φ and
+S = Σ φφᵀ over a cell's samples, μ = s / n and Σ = (S − n μμᵀ) / (n − 1) (np.cov's unbiased estimate).
+Chunk k of a cell holds samples kB … kB + B − 1, drawn from a generator seeded ``seed + kB``, so it does not
+depend on the chunks before it; every finished chunk is added to its cell's sums and the ledger (.npz) is
+rewritten atomically. A cell of 5,000 samples of the 1,000-step chain can thus be spread over several runs and
+gives the numbers of one run (chunks are always added in order, so even the float sums are the same).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpstack.datasets.mnist import to_model_space, to_uint8
+from dpstack.generative.classifier import FEATURE_DIM, gaussian_frechet_distance, predict_features
+
+
+@dataclass
+class CellMoments:
+    """n, Σ φ and Σ φφᵀ of one cell's samples, and the sha256 of its first chunk's 8-bit samples."""
+
+    n: int = 0
+    total: np.ndarray = field(default_factory=lambda: np.zeros(FEATURE_DIM))
+    outer: np.ndarray = field(default_factory=lambda: np.zeros((FEATURE_DIM, FEATURE_DIM)))
+    first_chunk_sha: str = ""
+    same_as: str = ""  # the cell whose samples these are (see ``FIDLedger.fill``)
+
+    def add(self, features: np.ndarray) -> None:
+        self.n += len(features)
+        self.total += features.sum(0)
+        self.outer += features.T @ features
+
+    def gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, Σ) with Σ = (S − n μμᵀ) / (n − 1)."""
+        if self.n < 2:
+            raise ValueError(f"a Gaussian fit needs at least 2 samples, this cell has {self.n}")
+        mu = self.total / self.n
+        return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+
+
+def cell_key(sampler: str, eta: float, steps: int) -> str:
+    return f"ddpm-{steps}" if sampler == "ddpm" else f"ddim-eta{eta:g}-{steps}"
+
+
+class FIDLedger:
+    """The moments of every cell of one sweep (model, seed, chunk size), kept in an .npz file."""
+
+    FIELDS = ("n", "total", "outer", "first_chunk_sha", "same_as")
+
+    def __init__(self, path: str | Path | None, fingerprint: str, seed: int, chunk_size: int):
+        self.path, self.header = (Path(path) if path else None), {"fingerprint": fingerprint, "seed": seed,
+                                                                   "chunk_size": chunk_size}
+        self.cells: dict[str, CellMoments] = {}
+        if self.path is not None and self.path.is_file():
+            with np.load(self.path) as stored:
+                found = {name: stored[name].item() if name in stored else None for name in self.header}
+                if found != self.header:
+                    raise ValueError(f"FID ledger {self.path} belongs to another sweep ({found}, not {self.header}); "
+                                     "delete it or give another --ledger")
+                for key in {name.split("/")[0] for name in stored.files if "/" in name}:
+                    values = {f: stored[f"{key}/{f}"] for f in self.FIELDS}
+                    self.cells[key] = CellMoments(int(values["n"]), values["total"].copy(), values["outer"].copy(),
+                                                  str(values["first_chunk_sha"]), str(values["same_as"]))
+
+    def save(self) -> None:
+        """Rewrite the ledger atomically (temporary file, then rename); no file without a path."""
+        if self.path is None:
+            return
+        arrays = {name: np.array(value) for name, value in self.header.items()}
+        for key, cell in self.cells.items():
+            arrays.update({f"{key}/{f}": np.array(getattr(cell, f)) for f in self.FIELDS})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(temporary, self.path)
+
+    def fill(self, model, classifier, sampler: str, eta: float, steps: int, n: int, deadline: float = float("inf"),
+             reuse_from: str | None = None, progress=None) -> CellMoments:
+        """Sample the cell's missing chunks up to n samples (stopping between chunks after ``deadline``, a
+        time.monotonic() value). With ``reuse_from`` (a cell of the same update), a first chunk bit-identical to
+        that cell's first chunk makes this cell a reference to it instead of sampling again."""
+        key, size, seed = cell_key(sampler, eta, steps), self.header["chunk_size"], self.header["seed"]
+        cell = self.cells.setdefault(key, CellMoments())
+        if progress is not None:
+            progress.update(n if cell.same_as else min(cell.n, n))  # samples of earlier runs
+        while cell.n < n and not cell.same_as and time.monotonic() < deadline:
+            start = cell.n
+            if start % size:
+                raise ValueError(f"cell {key} holds {start} samples, not whole chunks of {size}")
+            generator = torch.Generator(device=model.device).manual_seed(seed + start)
+            digits = to_uint8(model.sample(min(size, n - start), sampler, steps, eta, generator=generator).cpu())
+            if start == 0:
+                cell.first_chunk_sha = hashlib.sha256(digits.numpy().tobytes()).hexdigest()
+                source = self.cells.get(reuse_from or "")
+                if source is not None and source.n and source.first_chunk_sha == cell.first_chunk_sha:
+                    self.cells[key] = cell = CellMoments(first_chunk_sha=cell.first_chunk_sha, same_as=reuse_from)
+                    self.save()
+                    if progress is not None:
+                        progress.update(n)
+                    break
+            cell.add(predict_features(classifier, to_model_space(digits.squeeze(1)))[0])
+            self.save()
+            if progress is not None:
+                progress.update(len(digits))
+        return self.resolve(key)
+
+    def resolve(self, key: str) -> CellMoments:
+        """A cell's moments, following ``same_as``."""
+        cell = self.cells.get(key, CellMoments())
+        return self.cells[cell.same_as] if cell.same_as else cell
+
+    def frechet_distance(self, key: str, reference_features: np.ndarray) -> float:
+        mu, cov = self.resolve(key).gaussian()
+        return gaussian_frechet_distance(mu, cov, reference_features.mean(0), np.cov(reference_features, rowvar=False))
