@@ -103,11 +103,13 @@ def test_recorded_episodes_have_the_training_layout_and_train_a_step(tmp_path):
     # the sim agent follows the commands (where the executor kept pace: a stall leaves it behind for a while)
     assert (np.abs(state[commanded, :2] - action[commanded]).max(axis=1) < 40).any()
 
-    dataset = PushTLowdimDataset(zarr_path=store, horizon=16, val_ratio=0.0, max_train_episodes=None)
+    # pad_after 15: every recorded step starts a window, so even episodes an executor stall kept short train
+    dataset = PushTLowdimDataset(zarr_path=store, horizon=16, pad_after=15, val_ratio=0.0, max_train_episodes=None)
+    assert len(dataset) >= len(buffer["action"])
     torch.manual_seed(0)
     policy = DiffusionUnetPolicy(DiffusionPolicyConfig(down_dims=(16, 32, 64), diffusion_step_embed_dim=16),
                                  dataset.get_normalizer())
-    batch = dataset.finalize_batch(dataset.gather(np.arange(4)))
+    batch = dataset.finalize_batch(dataset.gather(np.arange(min(4, len(dataset)))))
     loss = policy.compute_loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in policy.model.parameters() if p.requires_grad)
