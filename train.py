@@ -67,6 +67,7 @@ def main(cfg: DictConfig) -> None:
             if topology.is_main:
                 print(f"output dir: {output_dir}" + (f" ({topology.world_size} processes)" if topology.enabled else ""))
             metrics = TrainingWorkspace(cfg, output_dir).run()
+            distributed.finish_together()
         finally:
             distributed.stop()
         if not topology.is_main:

@@ -69,6 +69,13 @@ def start(device: str) -> tuple[Topology, str]:
     return topology, device
 
 
+def finish_together() -> None:
+    """Wait until every rank is done with its collectives (a barrier), so that no rank tears the group down while
+    a peer's gloo threads still talk to it (seen once: a rank aborting at exit after rank 0 had left)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def stop() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
