@@ -7,17 +7,24 @@
 #   bash benchmarks/mnist_ablation.sh simple squaredcos_cap_v2 [N]
 #   bash benchmarks/mnist_ablation.sh hybrid squaredcos_cap_v2 [N]
 # Every step can be run again: a finished run folder resumes at its end, the FID is kept once measured, and the
-# bound's finished 100-digit batches are kept in the run's ledger, so N = 100, 200, ... extends it piece by piece.
+# bound's finished 100-digit batches are kept in a ledger, so N = 100, 200, ... extends it piece by piece. The FID
+# and the ledger live in benchmarks/results/mnist_ablation/ (committed): the training is deterministic at one thread,
+# and the ledger names the weights, not the file, so a later session re-trains and goes on where this one stopped.
+# The table: python benchmarks/mnist_ablation_table.py
 set -eu
 objective=$1; schedule=$2; n_digits=${3:-1000}; learn=false; [ "$objective" = hybrid ] && learn=true
 run=data/outputs/ablation_${objective}_${schedule}
-mkdir -p data/outputs
+results=benchmarks/results/mnist_ablation/${objective}_${schedule}
+mkdir -p data/outputs benchmarks/results/mnist_ablation
 python train.py --config-name=mnist_ddpm model.unet.num_classes=null model.objective=$objective \
     model.unet.learn_variance=$learn model.beta_schedule=$schedule training.num_epochs=10 \
     training.rollout_every=0 training.num_threads=1 training.progress=false logging.mode=disabled \
     hydra.run.dir=$run >> $run.train.log 2>&1
-[ -f $run/fid/eval.json ] || python -m dpstack.generative.evaluate $run/checkpoints/latest.ckpt --n-bpd 0 \
-    --n-samples 1000 --threads 1 --out $run/fid >> $run.eval.log 2>&1
+if [ ! -f ${results}_fid.json ]; then
+    python -m dpstack.generative.evaluate $run/checkpoints/latest.ckpt --n-bpd 0 --n-samples 1000 --threads 1 \
+        --out $run/fid >> $run.eval.log 2>&1
+    cp $run/fid/eval.json ${results}_fid.json
+fi
 python -m dpstack.generative.evaluate $run/checkpoints/latest.ckpt --n-bpd $n_digits --n-samples 0 --threads 1 \
-    --bpd-ledger $run/bpd_ledger.json --out $run/bound >> $run.eval.log 2>&1
+    --bpd-ledger ${results}_bpd_ledger.json --out $run/bound >> $run.eval.log 2>&1
 echo "$objective $schedule: $n_digits digits done $(date -u +%H:%M)"

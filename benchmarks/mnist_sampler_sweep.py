@@ -10,6 +10,8 @@ cells' feature moments go chunk by chunk into the ledger (``dpstack.generative.f
 spread over several runs: run the same command again and it goes on where it stopped. Cells are filled in order
 of cost (fewest steps first); DDPM (σ² = β̃) is the update of DDIM η = 1 and reuses its cell when their first
 chunks are bit-identical. Prints the table (cells not yet complete show how many samples they hold).
+To use several cores, start one process per group of samplers on the same ledger (``--samplers``; keep DDPM
+with η = 1 or after it), each at ``--threads 1``.
 """
 from __future__ import annotations
 
@@ -22,10 +24,11 @@ from tqdm.auto import tqdm
 
 from dpstack.generative.checkpoint import load_image_model
 from dpstack.generative.classifier import load_classifier, predict_features
-from dpstack.generative.evaluate import file_fingerprint, heldout_digits
+from dpstack.generative.evaluate import heldout_digits, model_fingerprint
 from dpstack.generative.fid_ledger import FIDLedger, cell_key
 
 SAMPLERS = (("DDIM η=0", "ddim", 0.0), ("DDIM η=0.5", "ddim", 0.5), ("DDIM η=1", "ddim", 1.0), ("DDPM", "ddpm", 0.0))
+SAMPLER_NAMES = {"ddim-eta0": 0, "ddim-eta0.5": 1, "ddim-eta1": 2, "ddpm": 3}
 
 
 def main() -> None:
@@ -38,22 +41,26 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop between chunks after this long")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLER_NAMES), default=list(SAMPLER_NAMES),
+                        help="the samplers this process fills (the others are read from the ledger)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_image_model(args.checkpoint)
     steps = sorted(k or model.config.num_train_timesteps for k in args.steps)
-    ledger = FIDLedger(args.ledger, file_fingerprint(args.checkpoint), args.seed, args.chunk_size)
+    ledger = FIDLedger(args.ledger, model_fingerprint(model), args.seed, args.chunk_size)
     classifier, _ = load_classifier()
     reference_features = predict_features(classifier, heldout_digits()[0])[0]
     deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
-    with tqdm(desc="samples", unit="sample", total=args.samples * len(steps) * len(SAMPLERS)) as progress:
+    mine = [SAMPLERS[SAMPLER_NAMES[name]] for name in args.samplers]
+    with tqdm(desc="samples", unit="sample", total=args.samples * len(steps) * len(mine)) as progress:
         for k in steps:
-            for _, sampler, eta in SAMPLERS:
+            for _, sampler, eta in mine:
                 reuse = cell_key("ddim", 1.0, k) if sampler == "ddpm" else None
                 started = time.perf_counter()
                 cell = ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, reuse, progress)
                 progress.set_postfix_str(f"{cell_key(sampler, eta, k)} {time.perf_counter() - started:.0f}s")
+    ledger.refresh()
     print(f"classifier-FID of {args.samples} unconditional samples vs the 1,000 held-out digits ({args.checkpoint})")
     print(f"{'sampler':<12}" + "".join(f"{k:>16}" for k in steps))
     for label, sampler, eta in SAMPLERS:

@@ -92,10 +92,16 @@ class BoundLedger:
         os.replace(temporary, self.path)
 
 
-def file_fingerprint(path: str | Path, *extra: str) -> str:
-    """sha256 of a file's bytes (the first 16 hex digits), joined with ``extra`` names."""
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    return ":".join([digest, *extra])
+def model_fingerprint(model, *extra: str) -> str:
+    """sha256 (the first 16 hex digits) of what the model computes: its config and the bytes of every tensor of
+    its state dict in key order, joined with ``extra`` names. Unlike a hash of the checkpoint file it ignores the
+    training state (wall times, optimizer), so a model re-trained bit for bit by the same command matches the
+    ledgers of the first one."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return ":".join([digest.hexdigest()[:16], *extra])
 
 
 def generate(model, n: int, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0, labels=None,
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    fingerprint = file_fingerprint(args.checkpoint, scheme)
+    fingerprint = model_fingerprint(model, scheme)
     if args.bpd_ledger:
         try:
             BoundLedger(args.bpd_ledger, fingerprint, args.seed)

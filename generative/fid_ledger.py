@@ -6,11 +6,15 @@ Chunk k of a cell holds samples kB … kB + B − 1, drawn from a generator seed
 depend on the chunks before it; every finished chunk is added to its cell's sums and the ledger (.npz) is
 rewritten atomically. A cell of 5,000 samples of the 1,000-step chain can thus be spread over several runs and
 gives the numbers of one run (chunks are always added in order, so even the float sums are the same).
+Several processes may share one ledger if each fills its own cells: a save re-reads the file under a lock and
+replaces only the cells this process filled.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+from contextlib import contextmanager
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,29 +62,45 @@ class FIDLedger:
         self.path, self.header = (Path(path) if path else None), {"fingerprint": fingerprint, "seed": seed,
                                                                    "chunk_size": chunk_size}
         self.cells: dict[str, CellMoments] = {}
-        if self.path is not None and self.path.is_file():
-            with np.load(self.path) as stored:
-                found = {name: stored[name].item() if name in stored else None for name in self.header}
-                if found != self.header:
-                    raise ValueError(f"FID ledger {self.path} belongs to another sweep ({found}, not {self.header}); "
-                                     "delete it or give another --ledger")
-                for key in {name.split("/")[0] for name in stored.files if "/" in name}:
-                    values = {f: stored[f"{key}/{f}"] for f in self.FIELDS}
-                    self.cells[key] = CellMoments(int(values["n"]), values["total"].copy(), values["outer"].copy(),
-                                                  str(values["first_chunk_sha"]), str(values["same_as"]))
+        self.filled: set[str] = set()  # the cells this process samples; all others are the file's
+        self.refresh()
+
+    @contextmanager
+    def _locked(self):
+        """An exclusive lock on ``.<name>.lock`` beside the ledger, for the read-modify-write of a save."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def refresh(self) -> None:
+        """Take every cell this process does not fill from the file (other processes may have extended them)."""
+        if self.path is None or not self.path.is_file():
+            return
+        with np.load(self.path) as stored:
+            found = {name: stored[name].item() if name in stored else None for name in self.header}
+            if found != self.header:
+                raise ValueError(f"FID ledger {self.path} belongs to another sweep ({found}, not {self.header}); "
+                                 "delete it or give another --ledger")
+            for key in {name.split("/")[0] for name in stored.files if "/" in name} - self.filled:
+                values = {f: stored[f"{key}/{f}"] for f in self.FIELDS}
+                self.cells[key] = CellMoments(int(values["n"]), values["total"].copy(), values["outer"].copy(),
+                                              str(values["first_chunk_sha"]), str(values["same_as"]))
 
     def save(self) -> None:
-        """Rewrite the ledger atomically (temporary file, then rename); no file without a path."""
+        """Under the lock, re-read the file, then rewrite it atomically (temporary file, then rename) with this
+        process's cells replaced; no file without a path."""
         if self.path is None:
             return
-        arrays = {name: np.array(value) for name, value in self.header.items()}
-        for key, cell in self.cells.items():
-            arrays.update({f"{key}/{f}": np.array(getattr(cell, f)) for f in self.FIELDS})
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(temporary, self.path)
+        with self._locked():
+            self.refresh()
+            arrays = {name: np.array(value) for name, value in self.header.items()}
+            for key, cell in self.cells.items():
+                arrays.update({f"{key}/{f}": np.array(getattr(cell, f)) for f in self.FIELDS})
+            temporary = self.path.with_name(f".{self.path.name}.tmp")
+            with open(temporary, "wb") as handle:
+                np.savez(handle, **arrays)
+            os.replace(temporary, self.path)
 
     def fill(self, model, classifier, sampler: str, eta: float, steps: int, n: int, deadline: float = float("inf"),
              reuse_from: str | None = None, progress=None) -> CellMoments:
@@ -88,6 +108,10 @@ class FIDLedger:
         time.monotonic() value). With ``reuse_from`` (a cell of the same update), a first chunk bit-identical to
         that cell's first chunk makes this cell a reference to it instead of sampling again."""
         key, size, seed = cell_key(sampler, eta, steps), self.header["chunk_size"], self.header["seed"]
+        if self.path is not None:
+            with self._locked():
+                self.refresh()  # the latest of the other processes' cells (``reuse_from`` may be one of them)
+        self.filled.add(key)
         cell = self.cells.setdefault(key, CellMoments())
         if progress is not None:
             progress.update(n if cell.same_as else min(cell.n, n))  # samples of earlier runs

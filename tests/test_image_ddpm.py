@@ -132,6 +132,18 @@ def test_bound_in_pieces_through_a_ledger_equals_one_run(tmp_path, mnist_data):
         bits_per_dim(model, digits, batch_size=2, seed=3, progress=False, ledger=ledger, fingerprint="other")
 
 
+def test_the_ledger_fingerprint_names_the_weights_and_config_not_the_file():
+    from dpstack.generative.evaluate import model_fingerprint
+
+    first, retrained = tiny_model(), tiny_model()  # the same seed: bit-identical weights, as a re-run gives
+    assert model_fingerprint(first, "test_split") == model_fingerprint(retrained, "test_split")
+    assert model_fingerprint(first, "test_split") != model_fingerprint(first, "official")
+    assert model_fingerprint(first) != model_fingerprint(tiny_model(beta_schedule="squaredcos_cap_v2"))
+    with torch.no_grad():
+        next(retrained.parameters()).view(-1)[0] += 1e-6
+    assert model_fingerprint(first) != model_fingerprint(retrained)
+
+
 def test_a_model_overfit_to_a_few_digits_gives_them_fewer_bits(mnist_data):
     model = tiny_model(unet={"num_classes": None, "base_channels": 16, "groups": 8, "attention_resolutions": ()},
                        T=100)
@@ -245,6 +257,25 @@ def test_fid_ledger_in_pieces_equals_one_run_and_ddpm_reuses_ddim_eta1(tmp_path)
     assert reopened.cells[cell_key("ddim", 0.0, 5)].n == 8
     with pytest.raises(ValueError, match="another sweep"):
         FIDLedger(tmp_path / "sweep.npz", "other model", seed=3, chunk_size=4)
+
+
+def test_fid_ledger_shared_by_two_processes_keeps_both_their_cells(tmp_path):
+    """Two sweeps on one ledger, each filling its own samplers and saving in turn, lose nothing of the other's."""
+    from dpstack.generative.classifier import MNISTClassifier
+    from dpstack.generative.fid_ledger import FIDLedger, cell_key
+    torch.manual_seed(1)
+    model, classifier = tiny_model(T=10), MNISTClassifier()
+    path = tmp_path / "sweep.npz"
+    first, second = (FIDLedger(path, "m", seed=3, chunk_size=4) for _ in range(2))
+    first.fill(model, classifier, "ddim", 0.0, 5, 4)
+    second.fill(model, classifier, "ddim", 1.0, 5, 4)   # saved after first's save: must keep first's cell
+    first.fill(model, classifier, "ddim", 0.0, 5, 8)    # first saves again after second: must keep second's cell
+    second.fill(model, classifier, "ddpm", 0.0, 5, 8, reuse_from=cell_key("ddim", 1.0, 5))
+    stored = FIDLedger(path, "m", seed=3, chunk_size=4)
+    assert stored.resolve(cell_key("ddim", 0.0, 5)).n == 8 and stored.resolve(cell_key("ddim", 1.0, 5)).n == 4
+    assert stored.cells[cell_key("ddpm", 0.0, 5)].same_as == cell_key("ddim", 1.0, 5)
+    first.refresh()                                      # and each reads the other's latest cells
+    assert first.resolve(cell_key("ddim", 1.0, 5)).n == 4
 
 
 def test_fid_moments_give_numpy_covariance():
