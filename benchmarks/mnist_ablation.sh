@@ -10,7 +10,7 @@
 # bound's finished 100-digit batches are kept in a ledger, so N = 100, 200, ... extends it piece by piece. The FID
 # and the ledger live in benchmarks/results/mnist_ablation/ (committed): the training is deterministic at one thread,
 # and the ledger names the weights, not the file, so a later session re-trains and goes on where this one stopped.
-# The table: python benchmarks/mnist_ablation_table.py
+# The table (it refuses an FID measured on other weights than the ledger's): python benchmarks/mnist_ablation_table.py
 set -eu
 objective=$1; schedule=$2; n_digits=${3:-1000}; learn=false; [ "$objective" = hybrid ] && learn=true
 run=data/outputs/ablation_${objective}_${schedule}
@@ -22,9 +22,9 @@ python train.py --config-name=mnist_ddpm model.unet.num_classes=null model.objec
     hydra.run.dir=$run >> $run.train.log 2>&1
 if [ ! -f ${results}_fid.json ]; then
     python -m dpstack.generative.evaluate $run/checkpoints/latest.ckpt --n-bpd 0 --n-samples 1000 --threads 1 \
-        --out $run/fid >> $run.eval.log 2>&1
+        --no-pictures --out $run/fid >> $run.eval.log 2>&1
     cp $run/fid/eval.json ${results}_fid.json
 fi
 python -m dpstack.generative.evaluate $run/checkpoints/latest.ckpt --n-bpd $n_digits --n-samples 0 --threads 1 \
-    --bpd-ledger ${results}_bpd_ledger.json --out $run/bound >> $run.eval.log 2>&1
+    --bpd-ledger ${results}_bpd_ledger.json --no-pictures --out $run/bound >> $run.eval.log 2>&1
 echo "$objective $schedule: $n_digits digits done $(date -u +%H:%M)"

@@ -8,10 +8,10 @@ Samples are unconditional (the model's ∅ branch); each cell is the Fréchet di
 features between that cell's samples and the 1,000 held-out digits (steps 0: the full chain of T steps). The
 cells' feature moments go chunk by chunk into the ledger (``dpstack.generative.fid_ledger``), so the sweep can be
 spread over several runs: run the same command again and it goes on where it stopped. Cells are filled in order
-of cost (fewest steps first); DDPM (σ² = β̃) is the update of DDIM η = 1 and reuses its cell when their first
-chunks are bit-identical. Prints the table (cells not yet complete show how many samples they hold).
-To use several cores, start one process per group of samplers on the same ledger (``--samplers``; keep DDPM
-with η = 1 or after it), each at ``--threads 1``.
+of cost (fewest steps first). DDPM (σ² = β̃) is the update of DDIM η = 1 in exact arithmetic; in floats the two
+chains round differently, so DDPM has cells of its own. Prints the table (cells not yet complete show how many
+samples they hold). To use several cores, start one process per group of samplers on the same ledger
+(``--samplers``), each at ``--threads 1``.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from dpstack.generative.classifier import load_classifier, predict_features
 from dpstack.generative.evaluate import heldout_digits, model_fingerprint
 from dpstack.generative.fid_ledger import FIDLedger, cell_key
 
-SAMPLERS = (("DDIM η=0", "ddim", 0.0), ("DDIM η=0.5", "ddim", 0.5), ("DDIM η=1", "ddim", 1.0), ("DDPM", "ddpm", 0.0))
-SAMPLER_NAMES = {"ddim-eta0": 0, "ddim-eta0.5": 1, "ddim-eta1": 2, "ddpm": 3}
+SAMPLERS = {"ddim-eta0": ("DDIM η=0", "ddim", 0.0), "ddim-eta0.5": ("DDIM η=0.5", "ddim", 0.5),
+            "ddim-eta1": ("DDIM η=1", "ddim", 1.0), "ddpm": ("DDPM", "ddpm", 0.0)}
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="stop between chunks after this long")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLER_NAMES), default=list(SAMPLER_NAMES),
+    parser.add_argument("--samplers", nargs="+", choices=list(SAMPLERS), default=list(SAMPLERS),
                         help="the samplers this process fills (the others are read from the ledger)")
     args = parser.parse_args()
     if args.threads:
@@ -51,22 +51,21 @@ def main() -> None:
     ledger = FIDLedger(args.ledger, model_fingerprint(model), args.seed, args.chunk_size)
     classifier, _ = load_classifier()
     reference_features = predict_features(classifier, heldout_digits()[0])[0]
-    deadline = time.monotonic() + 60 * args.max_minutes if args.max_minutes else float("inf")
-    mine = [SAMPLERS[SAMPLER_NAMES[name]] for name in args.samplers]
+    deadline = float("inf") if args.max_minutes is None else time.monotonic() + 60 * args.max_minutes
+    mine = [SAMPLERS[name] for name in args.samplers]
     with tqdm(desc="samples", unit="sample", total=args.samples * len(steps) * len(mine)) as progress:
         for k in steps:
             for _, sampler, eta in mine:
-                reuse = cell_key("ddim", 1.0, k) if sampler == "ddpm" else None
                 started = time.perf_counter()
-                cell = ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, reuse, progress)
+                ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, progress)
                 progress.set_postfix_str(f"{cell_key(sampler, eta, k)} {time.perf_counter() - started:.0f}s")
     ledger.refresh()
     print(f"classifier-FID of {args.samples} unconditional samples vs the 1,000 held-out digits ({args.checkpoint})")
     print(f"{'sampler':<12}" + "".join(f"{k:>16}" for k in steps))
-    for label, sampler, eta in SAMPLERS:
+    for label, sampler, eta in SAMPLERS.values():
         cells = []
         for k in steps:
-            moments = ledger.resolve(cell_key(sampler, eta, k))
+            moments = ledger.cell(cell_key(sampler, eta, k))
             fid = f"{ledger.frechet_distance(cell_key(sampler, eta, k), reference_features):.2f}" if moments.n > 1 else "–"
             cells.append(fid if moments.n >= args.samples else f"{fid} ({moments.n})")
         print(f"{label:<12}" + "".join(f"{cell:>16}" for cell in cells), flush=True)

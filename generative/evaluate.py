@@ -182,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--out", default="data/eval_mnist", help="folder for eval.json and pictures")
+    parser.add_argument("--no-pictures", action="store_true", help="write eval.json only (no sample grids)")
     parser.add_argument("--bpd-ledger", default=None,
                         help="JSON file of finished bits/dim batches: written as they finish, skipped when the "
                              "same command runs again (a long evaluation in pieces)")
@@ -206,11 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     metrics = evaluate(model, args.n_bpd, args.n_samples, args.sampler, args.steps or None, args.eta, args.guidance,
                        args.seed, args.data_root, split_scheme=scheme, bpd_ledger=args.bpd_ledger,
                        fingerprint=fingerprint)
-    metrics["checkpoint"] = str(args.checkpoint)
+    metrics.update({"checkpoint": str(args.checkpoint), "fingerprint": fingerprint})
     (out / "eval.json").write_text(json.dumps(metrics, indent=2))
-    save_all_pictures(model, out, seed=args.seed)
+    if not args.no_pictures:
+        save_all_pictures(model, out, seed=args.seed)
     print(json.dumps(metrics, indent=2))
-    print(f"wrote {out / 'eval.json'} and pictures in {out}")
+    print(f"wrote {out / 'eval.json'}" + ("" if args.no_pictures else f" and pictures in {out}"))
     return 0
 
 

@@ -6,16 +6,17 @@ Chunk k of a cell holds samples kB … kB + B − 1, drawn from a generator seed
 depend on the chunks before it; every finished chunk is added to its cell's sums and the ledger (.npz) is
 rewritten atomically. A cell of 5,000 samples of the 1,000-step chain can thus be spread over several runs and
 gives the numbers of one run (chunks are always added in order, so even the float sums are the same).
-Several processes may share one ledger if each fills its own cells: a save re-reads the file under a lock and
-replaces only the cells this process filled.
+Several processes may share one ledger: a save re-reads the file under a lock and keeps, cell by cell, whichever
+copy holds more samples (chunks are deterministic, so the longer copy extends the shorter one). Processes that
+fill different cells lose nothing; two on the same cell at worst draw a chunk twice.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import os
-from contextlib import contextmanager
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,6 @@ class CellMoments:
     total: np.ndarray = field(default_factory=lambda: np.zeros(FEATURE_DIM))
     outer: np.ndarray = field(default_factory=lambda: np.zeros((FEATURE_DIM, FEATURE_DIM)))
     first_chunk_sha: str = ""
-    same_as: str = ""  # the cell whose samples these are (see ``FIDLedger.fill``)
 
     def add(self, features: np.ndarray) -> None:
         self.n += len(features)
@@ -50,31 +50,31 @@ class CellMoments:
 
 
 def cell_key(sampler: str, eta: float, steps: int) -> str:
+    """The ledger's name of a cell: ``ddpm-<steps>`` or ``ddim-eta<η>-<steps>``."""
     return f"ddpm-{steps}" if sampler == "ddpm" else f"ddim-eta{eta:g}-{steps}"
 
 
 class FIDLedger:
     """The moments of every cell of one sweep (model, seed, chunk size), kept in an .npz file."""
 
-    FIELDS = ("n", "total", "outer", "first_chunk_sha", "same_as")
+    FIELDS = ("n", "total", "outer", "first_chunk_sha")
 
     def __init__(self, path: str | Path | None, fingerprint: str, seed: int, chunk_size: int):
         self.path, self.header = (Path(path) if path else None), {"fingerprint": fingerprint, "seed": seed,
                                                                    "chunk_size": chunk_size}
         self.cells: dict[str, CellMoments] = {}
-        self.filled: set[str] = set()  # the cells this process samples; all others are the file's
         self.refresh()
 
     @contextmanager
     def _locked(self):
-        """An exclusive lock on ``.<name>.lock`` beside the ledger, for the read-modify-write of a save."""
+        """An exclusive lock on ``.<name>.lock`` beside the ledger for a read-modify-write (not re-entrant)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(f".{self.path.name}.lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
     def refresh(self) -> None:
-        """Take every cell this process does not fill from the file (other processes may have extended them)."""
+        """Take from the file every cell whose stored copy holds more samples than this process's."""
         if self.path is None or not self.path.is_file():
             return
         with np.load(self.path) as stored:
@@ -82,14 +82,14 @@ class FIDLedger:
             if found != self.header:
                 raise ValueError(f"FID ledger {self.path} belongs to another sweep ({found}, not {self.header}); "
                                  "delete it or give another --ledger")
-            for key in {name.split("/")[0] for name in stored.files if "/" in name} - self.filled:
-                values = {f: stored[f"{key}/{f}"] for f in self.FIELDS}
-                self.cells[key] = CellMoments(int(values["n"]), values["total"].copy(), values["outer"].copy(),
-                                              str(values["first_chunk_sha"]), str(values["same_as"]))
+            for key in {name.split("/")[0] for name in stored.files if "/" in name}:
+                if int(stored[f"{key}/n"]) > self.cell(key).n:
+                    self.cells[key] = CellMoments(int(stored[f"{key}/n"]), stored[f"{key}/total"].copy(),
+                                                  stored[f"{key}/outer"].copy(), str(stored[f"{key}/first_chunk_sha"]))
 
     def save(self) -> None:
-        """Under the lock, re-read the file, then rewrite it atomically (temporary file, then rename) with this
-        process's cells replaced; no file without a path."""
+        """Under the lock, merge the file's longer cells in, then rewrite it atomically (temporary file, then
+        rename); no file without a path."""
         if self.path is None:
             return
         with self._locked():
@@ -103,44 +103,34 @@ class FIDLedger:
             os.replace(temporary, self.path)
 
     def fill(self, model, classifier, sampler: str, eta: float, steps: int, n: int, deadline: float = float("inf"),
-             reuse_from: str | None = None, progress=None) -> CellMoments:
-        """Sample the cell's missing chunks up to n samples (stopping between chunks after ``deadline``, a
-        time.monotonic() value). With ``reuse_from`` (a cell of the same update), a first chunk bit-identical to
-        that cell's first chunk makes this cell a reference to it instead of sampling again."""
+             progress=None) -> CellMoments:
+        """Sample the cell's missing chunks up to n samples, stopping between chunks after ``deadline`` (a
+        time.monotonic() value); chunk k is drawn from a generator seeded ``seed + k·chunk_size``."""
         key, size, seed = cell_key(sampler, eta, steps), self.header["chunk_size"], self.header["seed"]
         if self.path is not None:
             with self._locked():
-                self.refresh()  # the latest of the other processes' cells (``reuse_from`` may be one of them)
-        self.filled.add(key)
-        cell = self.cells.setdefault(key, CellMoments())
+                self.refresh()  # what other processes sharing the ledger have added
         if progress is not None:
-            progress.update(n if cell.same_as else min(cell.n, n))  # samples of earlier runs
-        while cell.n < n and not cell.same_as and time.monotonic() < deadline:
-            start = cell.n
+            progress.update(min(self.cell(key).n, n))  # samples of earlier runs
+        while (start := self.cell(key).n) < n and time.monotonic() < deadline:
             if start % size:
                 raise ValueError(f"cell {key} holds {start} samples, not whole chunks of {size}")
             generator = torch.Generator(device=model.device).manual_seed(seed + start)
             digits = to_uint8(model.sample(min(size, n - start), sampler, steps, eta, generator=generator).cpu())
+            cell = self.cells.setdefault(key, CellMoments())
             if start == 0:
                 cell.first_chunk_sha = hashlib.sha256(digits.numpy().tobytes()).hexdigest()
-                source = self.cells.get(reuse_from or "")
-                if source is not None and source.n and source.first_chunk_sha == cell.first_chunk_sha:
-                    self.cells[key] = cell = CellMoments(first_chunk_sha=cell.first_chunk_sha, same_as=reuse_from)
-                    self.save()
-                    if progress is not None:
-                        progress.update(n)
-                    break
             cell.add(predict_features(classifier, to_model_space(digits.squeeze(1)))[0])
             self.save()
             if progress is not None:
-                progress.update(len(digits))
-        return self.resolve(key)
+                progress.update(min(self.cell(key).n, n) - start)
+        return self.cell(key)
 
-    def resolve(self, key: str) -> CellMoments:
-        """A cell's moments, following ``same_as``."""
-        cell = self.cells.get(key, CellMoments())
-        return self.cells[cell.same_as] if cell.same_as else cell
+    def cell(self, key: str) -> CellMoments:
+        """A cell's moments (empty when it holds no samples yet)."""
+        return self.cells.get(key, CellMoments())
 
     def frechet_distance(self, key: str, reference_features: np.ndarray) -> float:
-        mu, cov = self.resolve(key).gaussian()
+        """Fréchet distance between the cell's Gaussian and the reference features' Gaussian."""
+        mu, cov = self.cell(key).gaussian()
         return gaussian_frechet_distance(mu, cov, reference_features.mean(0), np.cov(reference_features, rowvar=False))

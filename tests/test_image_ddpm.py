@@ -232,50 +232,51 @@ def test_frechet_distance_of_shifted_gaussians():
 
 
 # --- training through the workspace, the CLIs ---------------------------------------------------------
-def test_fid_ledger_in_pieces_equals_one_run_and_ddpm_reuses_ddim_eta1(tmp_path):
+def test_fid_ledger_in_pieces_equals_one_run(tmp_path):
     from dpstack.generative.classifier import MNISTClassifier
     from dpstack.generative.fid_ledger import FIDLedger, cell_key
     torch.manual_seed(1)
     model, classifier = tiny_model(T=10), MNISTClassifier()
     reference = np.random.default_rng(0).normal(size=(64, 128))
+    key = cell_key("ddim", 1.0, 5)
     whole = FIDLedger(None, "m", seed=3, chunk_size=4)
     whole.fill(model, classifier, "ddim", 1.0, 5, 10)
     pieces = FIDLedger(tmp_path / "sweep.npz", "m", seed=3, chunk_size=4)
     pieces.fill(model, classifier, "ddim", 1.0, 5, 10, deadline=0.0)  # past its deadline: nothing drawn
-    assert pieces.resolve(cell_key("ddim", 1.0, 5)).n == 0
+    assert pieces.cell(key).n == 0
     pieces.fill(model, classifier, "ddim", 1.0, 5, 4)                  # the first chunk only, then a new process
     reopened = FIDLedger(tmp_path / "sweep.npz", "m", seed=3, chunk_size=4)
-    assert reopened.resolve(cell_key("ddim", 1.0, 5)).n == 4
+    assert reopened.cell(key).n == 4
     reopened.fill(model, classifier, "ddim", 1.0, 5, 10)
-    key = cell_key("ddim", 1.0, 5)
-    assert reopened.resolve(key).n == 10
+    assert reopened.cell(key).n == 10
     assert reopened.frechet_distance(key, reference) == whole.frechet_distance(key, reference)
-    # DDPM with σ² = β̃ is DDIM η = 1: identical first chunk, so the cell points at η = 1's samples
-    reopened.fill(model, classifier, "ddpm", 0.0, 5, 10, reuse_from=key)
-    assert reopened.cells[cell_key("ddpm", 0.0, 5)].same_as == key
-    reopened.fill(model, classifier, "ddim", 0.0, 5, 8, reuse_from=key)  # another update is sampled, not reused
-    assert reopened.cells[cell_key("ddim", 0.0, 5)].n == 8
     with pytest.raises(ValueError, match="another sweep"):
         FIDLedger(tmp_path / "sweep.npz", "other model", seed=3, chunk_size=4)
 
 
-def test_fid_ledger_shared_by_two_processes_keeps_both_their_cells(tmp_path):
-    """Two sweeps on one ledger, each filling its own samplers and saving in turn, lose nothing of the other's."""
+def test_fid_ledger_shared_by_two_processes_loses_no_chunk(tmp_path):
+    """Two sweeps on one ledger saving in turn keep each other's cells, and a stale copy of a cell never
+    overwrites a longer one: the longer copy of the same deterministic chunks wins."""
     from dpstack.generative.classifier import MNISTClassifier
     from dpstack.generative.fid_ledger import FIDLedger, cell_key
     torch.manual_seed(1)
     model, classifier = tiny_model(T=10), MNISTClassifier()
-    path = tmp_path / "sweep.npz"
+    path, eta0, eta1 = tmp_path / "sweep.npz", cell_key("ddim", 0.0, 5), cell_key("ddim", 1.0, 5)
     first, second = (FIDLedger(path, "m", seed=3, chunk_size=4) for _ in range(2))
     first.fill(model, classifier, "ddim", 0.0, 5, 4)
-    second.fill(model, classifier, "ddim", 1.0, 5, 4)   # saved after first's save: must keep first's cell
-    first.fill(model, classifier, "ddim", 0.0, 5, 8)    # first saves again after second: must keep second's cell
-    second.fill(model, classifier, "ddpm", 0.0, 5, 8, reuse_from=cell_key("ddim", 1.0, 5))
+    second.fill(model, classifier, "ddim", 1.0, 5, 4)    # saved after first's save: keeps first's cell
+    first.fill(model, classifier, "ddim", 0.0, 5, 8)     # first saves again after second: keeps second's cell
+    second.fill(model, classifier, "ddim", 0.0, 5, 8)    # the same cell, already complete in the file: no draw
+    assert second.cell(eta0).n == 8
+    stale = FIDLedger(path, "m", seed=3, chunk_size=4)  # holds η = 1 at 4 samples
+    first.fill(model, classifier, "ddim", 1.0, 5, 8)     # extends second's η = 1 cell from its 4 samples
+    stale.fill(model, classifier, "ddpm", 0.0, 5, 4)     # its save must not put η = 1 back to 4,
+    second.fill(model, classifier, "ddim", 0.5, 5, 4)    # nor must the save of the process that drew those 4
     stored = FIDLedger(path, "m", seed=3, chunk_size=4)
-    assert stored.resolve(cell_key("ddim", 0.0, 5)).n == 8 and stored.resolve(cell_key("ddim", 1.0, 5)).n == 4
-    assert stored.cells[cell_key("ddpm", 0.0, 5)].same_as == cell_key("ddim", 1.0, 5)
-    first.refresh()                                      # and each reads the other's latest cells
-    assert first.resolve(cell_key("ddim", 1.0, 5)).n == 4
+    assert stored.cell(eta0).n == 8 and stored.cell(eta1).n == 8 and stored.cell(cell_key("ddpm", 0.0, 5)).n == 4
+    one_run = FIDLedger(None, "m", seed=3, chunk_size=4)
+    one_run.fill(model, classifier, "ddim", 1.0, 5, 8)
+    assert np.array_equal(stored.cell(eta1).outer, one_run.cell(eta1).outer)
 
 
 def test_fid_moments_give_numpy_covariance():
