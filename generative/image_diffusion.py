@@ -40,6 +40,7 @@ from dpstack.generative.unet2d import UNet2D, UNet2DConfig
 OBJECTIVES = ("simple", "hybrid")
 SAMPLERS = ("ddpm", "ddim")
 FIXED_VARIANCES = ("fixed_small", "fixed_large")
+DDPM_VARIANCES = (*FIXED_VARIANCES, "learned")  # sampling-time choices of σ² for DDPM (learned: hybrid models)
 
 
 @dataclass
@@ -140,11 +141,23 @@ class ImageDiffusion(nn.Module):
         guided = classifier_free_guidance(self.unet, labels, null, guidance_scale, guided_channels=self.channels)
         return lambda x, t: guided(x, t)[:, keep]
 
-    def make_scheduler(self, sampler: str = "ddim"):
+    def ddpm_variance(self, variance: str | None = None) -> str:
+        """The scheduler's variance type for DDPM: the model's own (None), σ² = β̃ (fixed_small), σ² = β
+        (fixed_large), or the learned interpolation (learned, hybrid models only)."""
+        if variance is None:
+            return self.config.sampling_variance
+        if variance not in DDPM_VARIANCES:
+            raise ValueError(f"variance must be one of {DDPM_VARIANCES}, got {variance!r}")
+        if variance == "learned" and self.config.objective != "hybrid":
+            raise ValueError("variance='learned' needs a model trained with objective=hybrid (this one has no "
+                             "variance head); use fixed_small or fixed_large")
+        return "learned_range" if variance == "learned" else variance
+
+    def make_scheduler(self, sampler: str = "ddim", variance: str | None = None):
         common = dict(num_train_timesteps=self.config.num_train_timesteps, beta_schedule=self.config.beta_schedule,
                       prediction_type=self.config.prediction_type, clip_sample=True, timestep_spacing="trailing")
         if sampler == "ddpm":
-            return DDPMScheduler(variance_type=self.config.sampling_variance, **common)
+            return DDPMScheduler(variance_type=self.ddpm_variance(variance), **common)
         if sampler == "ddim":
             return DDIMScheduler(**common)
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
@@ -152,10 +165,11 @@ class ImageDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0,
                labels: torch.Tensor | None = None, guidance_scale: float = 1.0, generator=None,
-               noise: torch.Tensor | None = None, on_step=None) -> torch.Tensor:
+               noise: torch.Tensor | None = None, on_step=None, variance: str | None = None) -> torch.Tensor:
         """n images in [−1, 1]: DDPM ancestral sampling or DDIM(η) on a respaced chain of ``steps`` (None: all T).
 
-        ``noise`` fixes x_T (then ``n`` must match); ``on_step(t, x_t, output)`` sees every step.
+        ``noise`` fixes x_T (then ``n`` must match); ``on_step(t, x_t, output)`` sees every step; ``variance``
+        picks DDPM's σ² (``ddpm_variance``; DDIM sets σ from η and takes none).
         """
         if labels is not None and not self.config.unet.num_classes:
             raise ValueError("this model is unconditional: it takes no class labels")
@@ -166,9 +180,11 @@ class ImageDiffusion(nn.Module):
         steps = steps or self.config.num_train_timesteps
         if not 1 <= steps <= self.config.num_train_timesteps:
             raise ValueError(f"steps must be in 1..{self.config.num_train_timesteps}, got {steps}")
-        scheduler = self.make_scheduler(sampler)
+        if variance is not None and sampler != "ddpm":
+            raise ValueError(f"variance is a DDPM choice; DDIM's σ comes from η (got sampler={sampler!r})")
+        scheduler = self.make_scheduler(sampler, variance)
         shape = (n, self.channels, self.config.image_size, self.config.image_size)
-        model = self.denoiser(labels, guidance_scale, with_variance=sampler == "ddpm")
+        model = self.denoiser(labels, guidance_scale, with_variance=getattr(scheduler, "variance_type", "") == "learned_range")
         # DDIM re-derives ε̂ from the clipped x̂_0 (as denoising-diffusion-pytorch does): with the raw ε̂ the
         # step is inconsistent with its own x̂_0 and η = 0 got worse with more steps (FID 80 → 187, 20 → 100 steps).
         kwargs = {"eta": eta, "use_clipped_model_output": True} if sampler == "ddim" else {}

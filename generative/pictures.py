@@ -39,15 +39,17 @@ def save_png(mosaic: np.ndarray, path: str | Path) -> Path:
 
 
 def sample_grid(model, path, n: int = 100, sampler: str = "ddim", steps: int | None = 50, eta: float = 0.0,
-                label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, scale: int = 2) -> Path:
-    """A 10-column grid of samples; a class-conditional model with no ``label`` gets one row per class."""
+                label: int | None = None, guidance_scale: float = 1.0, seed: int = 0, scale: int = 2,
+                variance: str | None = None) -> Path:
+    """A 10-column grid of samples; a class-conditional model with no ``label`` gets one row per class
+    (``variance``: DDPM's σ², as in ``ImageDiffusion.sample``)."""
     generator = torch.Generator(device=model.device).manual_seed(seed)
     labels = None
     if label is not None:
         labels = torch.full((n,), int(label))
     elif model.config.unet.num_classes:
         labels = torch.arange(n) // max(1, n // model.config.unet.num_classes) % model.config.unet.num_classes
-    images = model.sample(n, sampler, steps, eta, labels, guidance_scale, generator)
+    images = model.sample(n, sampler, steps, eta, labels, guidance_scale, generator, variance=variance)
     return save_png(tile(images, 10, scale), path)
 
 

@@ -211,6 +211,34 @@ def test_ddim_eta0_is_deterministic_given_x_T_and_samplers_accept_labels():
         tiny_model(unet={"num_classes": None}).sample(1, "ddim", 2, labels=torch.tensor([1]))
 
 
+def test_ddpm_variance_is_a_sampling_choice_whose_noise_has_the_stated_std():
+    """One respaced step t → t' adds σ z with σ² = β = 1 − ᾱ_t/ᾱ_t' (fixed_large) or β̃ = β (1 − ᾱ_t')/(1 − ᾱ_t)."""
+    model = tiny_model().eval()
+    x_T = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    after_first_step = {}
+    for variance in ("fixed_small", "fixed_large"):
+        chain = []  # every step's x_{t'}
+        model.sample(2, "ddpm", 3, noise=x_T.clone(), generator=torch.Generator().manual_seed(1), variance=variance,
+                     on_step=lambda t, x, output: chain.append(output.prev_sample.clone()))
+        after_first_step[variance] = chain[0]
+    scheduler = model.make_scheduler("ddpm", "fixed_large")
+    scheduler.set_timesteps(3)
+    t, t_next = (int(step) for step in scheduler.timesteps[:2])
+    alpha_bar = scheduler.alphas_cumprod.double()
+    beta = 1 - alpha_bar[t] / alpha_bar[t_next]
+    beta_tilde = beta * (1 - alpha_bar[t_next]) / (1 - alpha_bar[t])
+    z = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))  # the first step's draw
+    difference = after_first_step["fixed_large"] - after_first_step["fixed_small"]
+    assert torch.allclose(difference, float(beta.sqrt() - beta_tilde.sqrt()) * z, atol=1e-5)
+    with pytest.raises(ValueError, match="objective=hybrid"):
+        model.sample(1, "ddpm", 2, variance="learned")
+    with pytest.raises(ValueError, match="DDIM's σ comes from η"):
+        model.sample(1, "ddim", 2, variance="fixed_large")
+    hybrid = tiny_model(objective="hybrid", unet={"learn_variance": True}).eval()
+    for variance in (None, "learned", "fixed_small", "fixed_large"):
+        assert hybrid.sample(2, "ddpm", 3, variance=variance).shape == (2, 1, 28, 28)
+
+
 def test_guidance_scale_interpolates_conditional_and_unconditional_predictions():
     model = tiny_model().eval()
     for parameter in model.parameters():  # a non-trivial network (the zero-initialised head would give 0)
@@ -324,6 +352,10 @@ def test_sample_cli_writes_a_png_of_the_right_size(tmp_path, tiny_checkpoint):
     assert result.returncode == 0, result.stderr
     image = iio.imread(tmp_path / "grid.png")
     assert image.shape == ((2 * 30 - 2) * 2, (10 * 30 - 2) * 2) and image.dtype == np.uint8
+    result = run("dpstack.generative.sample", str(tiny_checkpoint), "--sampler", "ddpm", "--variance", "fixed_large",
+                 "--steps", "3", "--n", "10", "--scale", "1", "--out", str(tmp_path / "large.png"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert iio.imread(tmp_path / "large.png").shape == (28, 10 * 30 - 2)  # one row: digits 0–9
 
 
 def test_cli_refuses_other_checkpoints_and_bad_labels(tmp_path, tiny_checkpoint):
@@ -333,6 +365,9 @@ def test_cli_refuses_other_checkpoints_and_bad_labels(tmp_path, tiny_checkpoint)
     assert result.returncode == 2 and "does not exist" in result.stderr
     result = run("dpstack.generative.sample", str(tiny_checkpoint), "--label", "12", "--steps", "2", cwd=tmp_path)
     assert result.returncode == 2 and "class labels must be in 0..9" in result.stderr
+    result = run("dpstack.generative.sample", str(tiny_checkpoint), "--sampler", "ddpm", "--variance", "learned",
+                 "--steps", "2", cwd=tmp_path)
+    assert result.returncode == 2 and "needs a model trained with objective=hybrid" in result.stderr
     with pytest.raises(CheckpointError, match="not a policy"):
         from dpstack.policy.checkpoint import load_policy
 
