@@ -1,5 +1,5 @@
-"""Classifier-FID of an image DDPM against the number of sampling steps, for DDIM η = 0, 0.5, 1 and DDPM
-(the shape of Song et al. 2021, Table 1), every cell from the same seeds.
+"""Classifier-FID of an image DDPM against the number of sampling steps, for DDIM η = 0, 0.5, 1 and DDPM with
+σ² = β̃ or β (the shape of Song et al. 2021, Table 1), every cell from the same seeds.
 
     python benchmarks/mnist_sampler_sweep.py [pretrained/mnist_ddpm.ckpt] [--samples 5000] \\
         [--steps 10 20 50 100 0] [--ledger benchmarks/results/mnist_sampler_sweep.npz] [--max-minutes 60]
@@ -27,8 +27,10 @@ from dpstack.generative.classifier import load_classifier, predict_features
 from dpstack.generative.evaluate import heldout_digits, model_fingerprint
 from dpstack.generative.fid_ledger import FIDLedger, cell_key
 
-SAMPLERS = {"ddim-eta0": ("DDIM η=0", "ddim", 0.0), "ddim-eta0.5": ("DDIM η=0.5", "ddim", 0.5),
-            "ddim-eta1": ("DDIM η=1", "ddim", 1.0), "ddpm": ("DDPM", "ddpm", 0.0)}
+# name: (table label, sampler, η, DDPM's σ² (None: the model's own, β̃ for the shipped model))
+SAMPLERS = {"ddim-eta0": ("DDIM η=0", "ddim", 0.0, None), "ddim-eta0.5": ("DDIM η=0.5", "ddim", 0.5, None),
+            "ddim-eta1": ("DDIM η=1", "ddim", 1.0, None), "ddpm": ("DDPM", "ddpm", 0.0, None),
+            "ddpm-large": ("DDPM σ²=β", "ddpm", 0.0, "fixed_large")}
 
 
 def main() -> None:
@@ -55,18 +57,19 @@ def main() -> None:
     mine = [SAMPLERS[name] for name in args.samplers]
     with tqdm(desc="samples", unit="sample", total=args.samples * len(steps) * len(mine)) as progress:
         for k in steps:
-            for _, sampler, eta in mine:
+            for _, sampler, eta, variance in mine:
                 started = time.perf_counter()
-                ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, progress)
-                progress.set_postfix_str(f"{cell_key(sampler, eta, k)} {time.perf_counter() - started:.0f}s")
+                ledger.fill(model, classifier, sampler, eta, k, args.samples, deadline, progress, variance)
+                progress.set_postfix_str(f"{cell_key(sampler, eta, k, variance)} {time.perf_counter() - started:.0f}s")
     ledger.refresh()
     print(f"classifier-FID of {args.samples} unconditional samples vs the 1,000 held-out digits ({args.checkpoint})")
     print(f"{'sampler':<12}" + "".join(f"{k:>16}" for k in steps))
-    for label, sampler, eta in SAMPLERS.values():
+    for label, sampler, eta, variance in SAMPLERS.values():
         cells = []
         for k in steps:
-            moments = ledger.cell(cell_key(sampler, eta, k))
-            fid = f"{ledger.frechet_distance(cell_key(sampler, eta, k), reference_features):.2f}" if moments.n > 1 else "–"
+            key = cell_key(sampler, eta, k, variance)
+            moments = ledger.cell(key)
+            fid = f"{ledger.frechet_distance(key, reference_features):.2f}" if moments.n > 1 else "–"
             cells.append(fid if moments.n >= args.samples else f"{fid} ({moments.n})")
         print(f"{label:<12}" + "".join(f"{cell:>16}" for cell in cells), flush=True)
 

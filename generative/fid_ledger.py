@@ -49,9 +49,12 @@ class CellMoments:
         return mu, (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
 
 
-def cell_key(sampler: str, eta: float, steps: int) -> str:
-    """The ledger's name of a cell: ``ddpm-<steps>`` or ``ddim-eta<η>-<steps>``."""
-    return f"ddpm-{steps}" if sampler == "ddpm" else f"ddim-eta{eta:g}-{steps}"
+def cell_key(sampler: str, eta: float, steps: int, variance: str | None = None) -> str:
+    """The ledger's name of a cell: ``ddpm-<steps>`` (the model's own σ²), ``ddpm-<variance>-<steps>`` or
+    ``ddim-eta<η>-<steps>``."""
+    if sampler != "ddpm":
+        return f"ddim-eta{eta:g}-{steps}"
+    return f"ddpm-{steps}" if variance is None else f"ddpm-{variance}-{steps}"
 
 
 class FIDLedger:
@@ -103,10 +106,11 @@ class FIDLedger:
             os.replace(temporary, self.path)
 
     def fill(self, model, classifier, sampler: str, eta: float, steps: int, n: int, deadline: float = float("inf"),
-             progress=None) -> CellMoments:
+             progress=None, variance: str | None = None) -> CellMoments:
         """Sample the cell's missing chunks up to n samples, stopping between chunks after ``deadline`` (a
-        time.monotonic() value); chunk k is drawn from a generator seeded ``seed + k·chunk_size``."""
-        key, size, seed = cell_key(sampler, eta, steps), self.header["chunk_size"], self.header["seed"]
+        time.monotonic() value); chunk k is drawn from a generator seeded ``seed + k·chunk_size``. ``variance``:
+        DDPM's σ² (None: the model's own)."""
+        key, size, seed = cell_key(sampler, eta, steps, variance), self.header["chunk_size"], self.header["seed"]
         if self.path is not None:
             with self._locked():
                 self.refresh()  # what other processes sharing the ledger have added
@@ -116,7 +120,8 @@ class FIDLedger:
             if start % size:
                 raise ValueError(f"cell {key} holds {start} samples, not whole chunks of {size}")
             generator = torch.Generator(device=model.device).manual_seed(seed + start)
-            digits = to_uint8(model.sample(min(size, n - start), sampler, steps, eta, generator=generator).cpu())
+            digits = to_uint8(model.sample(min(size, n - start), sampler, steps, eta, generator=generator,
+                                           variance=variance).cpu())
             cell = self.cells.setdefault(key, CellMoments())
             if start == 0:
                 cell.first_chunk_sha = hashlib.sha256(digits.numpy().tobytes()).hexdigest()

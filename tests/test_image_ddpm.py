@@ -280,6 +280,11 @@ def test_fid_ledger_in_pieces_equals_one_run(tmp_path):
     assert reopened.frechet_distance(key, reference) == whole.frechet_distance(key, reference)
     with pytest.raises(ValueError, match="another sweep"):
         FIDLedger(tmp_path / "sweep.npz", "other model", seed=3, chunk_size=4)
+    small, large = cell_key("ddpm", 0.0, 5), cell_key("ddpm", 0.0, 5, "fixed_large")
+    whole.fill(model, classifier, "ddpm", 0.0, 5, 4)
+    whole.fill(model, classifier, "ddpm", 0.0, 5, 4, variance="fixed_large")  # a cell of its own, other samples
+    assert small != large and whole.cell(small).n == whole.cell(large).n == 4
+    assert whole.cell(small).first_chunk_sha != whole.cell(large).first_chunk_sha
 
 
 def test_fid_ledger_shared_by_two_processes_loses_no_chunk(tmp_path):
