@@ -1,5 +1,6 @@
-"""Classifier-FID of an image DDPM against the number of sampling steps, for DDIM η = 0, 0.5, 1 and DDPM with
-σ² = β̃ or β (the shape of Song et al. 2021, Table 1), every cell from the same seeds.
+"""Classifier-FID of an image DDPM against sampling steps: DDIM η = 0, 0.5, 1 and DDPM with σ² = β̃ or β.
+
+The shape of Song et al. 2021, Table 1; every cell from the same seeds.
 
     python benchmarks/mnist_sampler_sweep.py [pretrained/mnist_ddpm.ckpt] [--samples 5000] \\
         [--steps 10 20 50 100 0] [--ledger benchmarks/results/mnist_sampler_sweep.npz] [--max-minutes 60]
