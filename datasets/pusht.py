@@ -38,11 +38,14 @@ class _PushTWindowDataset(Dataset):
     def __init__(self, arrays: dict[str, np.ndarray], episode_ends: np.ndarray, horizon: int,
                  pad_before: int, pad_after: int, seed: int, val_ratio: float,
                  max_train_episodes: int | None, mirrored: dict[str, np.ndarray] | None = None,
-                 first_steps: dict[str, int] | None = None):
+                 first_steps: dict[str, int] | None = None, n_extra_episodes: int = 0):
         """``mirrored``: the same steps reflected across the goal T's axis, appended as a second copy of
-        every episode; the split is drawn over the recorded episodes and a copy follows its original."""
-        self.train_mask, self.val_mask = train_validation_masks(len(episode_ends), val_ratio, seed,
-                                                                max_train_episodes)
+        every episode; the split is drawn over the recorded episodes and a copy follows its original.
+        The last ``n_extra_episodes`` episodes (added data, e.g. rollouts) always train, never validate."""
+        n_split = len(episode_ends) - n_extra_episodes
+        self.train_mask, self.val_mask = train_validation_masks(n_split, val_ratio, seed, max_train_episodes)
+        self.train_mask = np.concatenate([self.train_mask, np.ones(n_extra_episodes, dtype=bool)])
+        self.val_mask = np.concatenate([self.val_mask, np.zeros(n_extra_episodes, dtype=bool)])
         if mirrored is not None:
             arrays = {key: np.concatenate([value, mirrored[key]]) for key, value in arrays.items()}
             episode_ends = np.concatenate([episode_ends, episode_ends + episode_ends[-1]])
@@ -99,6 +102,20 @@ class _PushTWindowDataset(Dataset):
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """Training-ready batch from ``raw_batch`` output, moved to ``device`` if given."""
         raise NotImplementedError
+
+
+def _extra_store(path: str | os.PathLike) -> ReplayBuffer:
+    """A replay buffer of added episodes, with a clear error if it is missing or lacks state and action."""
+    if not Path(path).exists():
+        raise DataNotFoundError(f"extra episode store {path} does not exist; make one with "
+                                f"python -m dpstack.datasets.rollouts CKPT {path}, or remove it from "
+                                "task.dataset.extra_stores")
+    buffer = ReplayBuffer.load(path)
+    missing = [key for key in ("state", "action") if key not in buffer]
+    if missing:
+        raise ValueError(f"extra episode store {path} lacks {missing}: it needs the official layout "
+                         "(data/state (N, 5), data/action (N, 2))")
+    return buffer
 
 
 def _select(tree, row: int):
@@ -171,12 +188,15 @@ class PushTLowdimDataset(_PushTWindowDataset):
     ``mirror=True`` appends every demonstration reflected across the goal T's axis of symmetry, which
     doubles the data; a reflected episode trains or validates with its original. ``align_to_goal=True``
     replaces each demonstration by its copy moved to end exactly on the goal (``goal_aligned_demonstrations``;
-    ``aligned_episodes`` says which were), before any mirroring.
+    ``aligned_episodes`` says which were), before any mirroring. ``extra_stores`` are replay buffers of more
+    episodes in the official layout (``state``, ``action``; e.g. ``datasets.rollouts``), appended after the
+    demonstrations as recorded (not goal-aligned), mirrored with them, and always in the training split.
     """
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
                  pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90,
-                 mirror: bool = False, align_to_goal: bool = False):
+                 mirror: bool = False, align_to_goal: bool = False,
+                 extra_stores: Sequence[str | os.PathLike] | None = None):
         buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["keypoint", "state", "action"])
         state, action, keypoints = buffer["state"], buffer["action"], buffer["keypoint"]
         obs = np.concatenate([keypoints.reshape(len(keypoints), -1), state[:, :2]], axis=-1)
@@ -188,9 +208,17 @@ class PushTLowdimDataset(_PushTWindowDataset):
             moved = np.repeat(self.aligned_episodes, np.diff(buffer.episode_ends, prepend=0))
             for key, value in lowdim_steps(state[moved], action[moved]).items():
                 arrays[key][moved] = value
+        episode_ends, n_extra = buffer.episode_ends, 0
+        for store in extra_stores or []:
+            extra = _extra_store(store)
+            steps = lowdim_steps(extra["state"], extra["action"])
+            arrays = {key: np.concatenate([arrays[key], steps[key]]) for key in arrays}
+            state, action = np.concatenate([state, extra["state"]]), np.concatenate([action, extra["action"]])
+            episode_ends = np.concatenate([episode_ends, episode_ends[-1] + extra.episode_ends])
+            n_extra += extra.n_episodes
         mirrored = mirrored_lowdim_steps(state, action) if mirror else None
-        super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
-                         max_train_episodes, mirrored)
+        super().__init__(arrays, episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
+                         max_train_episodes, mirrored, n_extra_episodes=n_extra)
 
     def finalize_batch(self, raw: dict, device: torch.device | str | None = None) -> dict:
         """``raw`` itself (already float32), moved to ``device`` if given."""

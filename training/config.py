@@ -89,6 +89,15 @@ def _policy_problems(cfg: DictConfig) -> list[str]:
     if cfg.task.obs_type != "lowdim" and cfg.task.dataset.get("align_to_goal", False):
         problems.append("task.dataset.align_to_goal is implemented for keypoint observations only (moved "
                         "demonstrations would need re-rendered images): set it to false for an image task")
+    if cfg.task.obs_type != "lowdim" and cfg.task.dataset.get("extra_stores"):
+        problems.append("task.dataset.extra_stores is implemented for keypoint observations only: remove it")
+    for store in cfg.task.dataset.get("extra_stores") or []:
+        if not Path(store).exists():
+            problems.append(f"task.dataset.extra_stores: {store} does not exist (make it with python -m "
+                            "dpstack.datasets.rollouts CKPT STORE)")
+    start = cfg.training.get("init_checkpoint")
+    if start and not Path(start).is_file():
+        problems.append(f"training.init_checkpoint={start} does not exist; give a policy checkpoint or null")
     return problems
 
 

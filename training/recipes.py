@@ -48,8 +48,9 @@ class PolicyRecipe:
         zarr_path = ensure_pusht(cfg.data_root, allow_download=bool(cfg.allow_download))
         options = {"mirror": bool(task.dataset.get("mirror", False))}
         dataset_class = PushTLowdimDataset if task.obs_type == "lowdim" else PushTImageDataset
-        if task.obs_type == "lowdim":  # validate_config refuses align_to_goal for images
+        if task.obs_type == "lowdim":  # validate_config refuses align_to_goal and extra_stores for images
             options["align_to_goal"] = bool(task.dataset.get("align_to_goal", False))
+            options["extra_stores"] = list(task.dataset.get("extra_stores") or [])
         else:  # only the images the policy conditions on are gathered
             options["n_obs_steps"] = shape.n_obs_steps
         dataset = dataset_class(zarr_path=zarr_path, horizon=shape.horizon, pad_before=shape.n_obs_steps - 1,
@@ -62,7 +63,9 @@ class PolicyRecipe:
         from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 
         config = DiffusionPolicyConfig.from_dict(OmegaConf.to_container(self.cfg.policy, resolve=True))
-        return DiffusionUnetPolicy(config, dataset.get_normalizer())
+        policy = DiffusionUnetPolicy(config, dataset.get_normalizer())
+        start = self.cfg.training.get("init_checkpoint")
+        return policy if not start else initialized_from(policy, start)
 
     def runner(self):
         from dpstack.evaluation.runner import PushTRunner, RunnerConfig
@@ -83,6 +86,20 @@ class PolicyRecipe:
         metrics["test_mean_score"] = metrics["test/mean_score"]
         logger.log_videos(result.videos, step)
         return metrics
+
+
+def initialized_from(policy, checkpoint: str):
+    """``policy`` with the weights and the normalizer of the policy in ``checkpoint`` (fine-tuning: the data
+    may change, the normalized coordinates the weights were trained in must not)."""
+    from dpstack.policy.checkpoint import load_policy
+
+    weights = load_policy(checkpoint).state_dict()
+    try:
+        policy.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ValueError(f"training.init_checkpoint={checkpoint} holds a policy of another shape than this "
+                         f"config's policy section (set the same down_dims, horizon, obs/action dims): {error}") from None
+    return policy
 
 
 class ConsistencyDistillationRecipe(PolicyRecipe):

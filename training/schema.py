@@ -32,6 +32,7 @@ class DatasetSection:
     max_train_episodes: int | None
     mirror: bool
     align_to_goal: bool
+    extra_stores: list[str] | None  # replay buffers of more training episodes (e.g. datasets.rollouts)
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainingSection:
     grad_clip_norm: float | None  # clip the global gradient norm (null: no clipping; the norm is logged)
     bf16_autocast: bool           # bfloat16 autocast of the forward pass
     num_workers: int              # DataLoader worker processes (0: gather in the training process)
+    init_checkpoint: str | None   # fine-tune: start from this policy's weights and normalizer
 
 
 @dataclass
