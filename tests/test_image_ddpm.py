@@ -147,7 +147,9 @@ def test_the_ledger_fingerprint_names_the_weights_and_config_not_the_file():
 def test_a_model_overfit_to_a_few_digits_gives_them_fewer_bits(mnist_data):
     model = tiny_model(unet={"num_classes": None, "base_channels": 16, "groups": 8, "attention_resolutions": ()},
                        T=100)
-    train = mnist.to_model_space(mnist.MNISTDataset("train", max_items=8).images)
+    # Four digits: the held-out gap is ~1.6 bits/dim after 300 steps (eight gave ~0.5, too near the bar to
+    # survive a different CPU's float rounding).
+    train = mnist.to_model_space(mnist.MNISTDataset("train", max_items=4).images)
     held = mnist.to_model_space(mnist.MNISTDataset("heldout", max_items=8).images)
     untrained = float(model.bits_per_dim(train, generator=torch.Generator().manual_seed(1))["total"].mean())
     optimizer = torch.optim.Adam(model.parameters(), 2e-3)
