@@ -18,14 +18,12 @@ rclpy = pytest.importorskip("rclpy", reason="rclpy not importable (pip install r
 PRETRAINED = REPO / "pretrained" / "pusht_lowdim_small.ckpt"  # the policy whose DDS loop was validated (BENCHMARKS.md)
 
 
-def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
+def in_process_score(policy, seed, max_steps, noise_seed=0):
     """The same policy evaluated in-process, synchronously (as evaluation/runner.py does), with
     sampling noise drawn from ``noise_seed``: the episode's best coverage score."""
     from dpstack.envs.pusht_env import PushTEnv
-    from dpstack.policy.checkpoint import load_policy
     from dpstack.policy.executor import RecedingHorizonExecutor, torch_predictor
 
-    policy = load_policy(checkpoint)
     env = PushTEnv(obs_type="keypoints")
     obs, _ = env.reset(seed=seed)
     executor = RecedingHorizonExecutor(torch_predictor(policy, generator=torch.Generator().manual_seed(noise_seed)),
@@ -45,7 +43,10 @@ def in_process_score(checkpoint, seed, max_steps, noise_seed=0):
 def in_process_reference(seed, max_steps):
     """The in-process score averaged over 4 noise draws (one DDS run is one more draw); computed once per
     seed for both clamp presets, whose in-process runs are the same."""
-    return float(np.mean([in_process_score(PRETRAINED, seed, max_steps, noise_seed=k) for k in range(4)]))
+    from dpstack.policy.checkpoint import load_policy
+
+    policy = load_policy(PRETRAINED)
+    return float(np.mean([in_process_score(policy, seed, max_steps, noise_seed=k) for k in range(4)]))
 
 
 # The UR preset's clamps (0.25 m/s tool speed = 312 px/s at 0.8 mm/px, joints 1.5 rad/s, the workspace box), with
