@@ -95,6 +95,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, output_dir: 
         "checkpoint": str(checkpoint),
         "sampler": policy.config.sampler,
         "num_inference_steps": policy.config.num_inference_steps,
+        "ddim_steps_offset": policy.config.ddim_steps_offset,
         "n_action_steps": policy.config.n_action_steps,
         "runner": asdict(runner_config),
         "wall_seconds": time.monotonic() - started,

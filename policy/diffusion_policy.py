@@ -51,6 +51,7 @@ class DiffusionPolicyConfig:
     sampler: str = "ddpm"
     num_inference_steps: int = 100
     consistency_max_timestep: int | None = None  # sampler consistency: the noisiest timestep (None: K − 1)
+    ddim_steps_offset: int = 0  # sampler ddim: shift the chain up, e.g. 40 → DDIM-2 at t = 90, 40 (a progressive student)
     image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
 
     def __post_init__(self) -> None:
@@ -67,6 +68,11 @@ class DiffusionPolicyConfig:
         if self.consistency_max_timestep is not None and not 1 <= self.consistency_max_timestep < self.num_train_timesteps:
             problems.append(f"consistency_max_timestep must be in [1, num_train_timesteps − 1], "
                             f"got {self.consistency_max_timestep}")
+        ddim_first = (self.num_inference_steps - 1) * (self.num_train_timesteps // max(self.num_inference_steps, 1))
+        if self.ddim_steps_offset and not 0 <= ddim_first + self.ddim_steps_offset < self.num_train_timesteps:
+            problems.append(f"ddim_steps_offset={self.ddim_steps_offset} puts DDIM-{self.num_inference_steps}'s first "
+                            f"timestep at {ddim_first + self.ddim_steps_offset}, outside [0, {self.num_train_timesteps - 1}]; "
+                            f"lower the offset or the number of steps")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             problems.append(f"n_obs_steps − 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
                             f"exceeds horizon {self.horizon}")
@@ -143,7 +149,7 @@ class DiffusionUnetPolicy(nn.Module):
         if config.sampler == "ddpm":
             scheduler = DDPMScheduler(variance_type="fixed_small", **scheduler_args)
         elif config.sampler == "ddim":
-            scheduler = DDIMScheduler(**scheduler_args)
+            scheduler = DDIMScheduler(steps_offset=config.ddim_steps_offset, **scheduler_args)
         else:
             scheduler = ConsistencyScheduler(max_timestep=config.consistency_max_timestep, **scheduler_args)
         scheduler.set_timesteps(config.num_inference_steps)

@@ -16,8 +16,20 @@ Per batch, with K training timesteps and a teacher step of k timesteps:
 
 so with one step the student learns the teacher's DDIM-10 map from noise to actions, call for call.
 
+``objective: progressive`` makes each student call one DDIM step that lands where several teacher steps land
+(Salimans & Ho 2022, eq. 8). The student is a DDIM policy whose n timesteps t_0 > … > t_{n−1} lie on the
+teacher's grid (t_0 = K − k; DDIM-2: 90, 40). With t = t_i, s = t_{i+1}, α = √ᾱ, σ = √(1 − ᾱ):
+
+    x_s = DDIM_teacher(A^t, t → s)                          the teacher's steps between the two (x̂_0 after t_{n−1})
+    x̃_0 = (x_s − (σ_s/σ_t) A^t) / (α_s − (σ_s/σ_t) α_t)      the x̂_0 whose single DDIM step t → s lands on x_s
+    L   = ‖x̂_0,θ(A^t, t, c) − x̃_0‖²
+
+and sampling is the student's own deterministic DDIM chain, which hands each state to the next call
+(no re-noising, unlike the consistency sampler).
+
 The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
-``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts): its checkpoint loads
+``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts), or ``sampler: ddim`` with
+a ``ddim_steps_offset`` for the progressive objective: its checkpoint loads
 with ``load_policy`` into eval.py, the benchmarks and the robot node like any other policy.
 ``python train.py --config-name=pusht_lowdim_consistency`` runs it through the training workspace (recipe
 ``consistency_distillation``).
@@ -36,7 +48,7 @@ from dpstack.diffusion.gaussian import predict_x0, q_sample
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 
 
-OBJECTIVES = ("consistency", "trajectory")
+OBJECTIVES = ("consistency", "trajectory", "progressive")
 
 
 @dataclass
@@ -46,7 +58,7 @@ class ConsistencyDistillationConfig:
     teacher_checkpoint: str = "pretrained/pusht_lowdim.ckpt"  # a policy checkpoint (EMA weights are used)
     skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
-    objective: str = "consistency"  # or "trajectory": regress the teacher's whole DDIM solve (module docstring)
+    objective: str = "consistency"  # or "trajectory" / "progressive" (module docstring)
 
     def __post_init__(self) -> None:
         problems = []
@@ -70,6 +82,18 @@ class ConsistencyDistillationConfig:
         return asdict(self)
 
 
+def student_ddim_chain(num_train_timesteps: int, skip_steps: int, num_inference_steps: int) -> dict:
+    """The DDIM settings of a progressive student: n "leading" timesteps (spacing K // n) shifted to start at
+    the teacher's first timestep K − k; every timestep must lie on the teacher's grid (K − k, K − 2k, …)."""
+    spacing = num_train_timesteps // num_inference_steps
+    offset = num_train_timesteps - skip_steps - (num_inference_steps - 1) * spacing
+    if offset < 0 or spacing % skip_steps:
+        raise ValueError(f"a progressive student with {num_inference_steps} DDIM steps has timesteps {spacing} apart, "
+                         f"which is not a multiple of the teacher's step {skip_steps} (or starts below 0); choose "
+                         f"num_inference_steps so that {num_train_timesteps} // n is a multiple of {skip_steps}")
+    return dict(sampler="ddim", num_inference_steps=num_inference_steps, ddim_steps_offset=offset)
+
+
 class ConsistencyStudent(DiffusionUnetPolicy):
     """A consistency policy being distilled from ``teacher`` (frozen, held outside the module's parameters
     and state dict: checkpoints hold the student only)."""
@@ -81,8 +105,12 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         if teacher.config.sampler == "consistency":
             raise ValueError("the teacher is itself a consistency policy; distil from a diffusion policy")
         max_timestep = teacher.config.num_train_timesteps - skip_steps
-        config = DiffusionPolicyConfig.from_dict(teacher.config.to_dict() | dict(
-            sampler="consistency", num_inference_steps=num_inference_steps, consistency_max_timestep=max_timestep))
+        if objective == "progressive":
+            sampling = student_ddim_chain(teacher.config.num_train_timesteps, skip_steps, num_inference_steps)
+        else:
+            sampling = dict(sampler="consistency", num_inference_steps=num_inference_steps,
+                            consistency_max_timestep=max_timestep)
+        config = DiffusionPolicyConfig.from_dict(teacher.config.to_dict() | sampling)
         super().__init__(config, copy.deepcopy(teacher.normalizer))
         self.load_state_dict(teacher.state_dict())
         self.skip_steps, self.objective = skip_steps, objective
@@ -106,21 +134,38 @@ class ConsistencyStudent(DiffusionUnetPolicy):
                          self.config.prediction_type, self.config.clip_sample)
 
     @torch.no_grad()
-    def _teacher_solve(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """The teacher's DDIM solve from per-sample timesteps t: steps of k timesteps while t ≥ k, then its
-        clipped x̂_0 (the last DDIM step, to ᾱ = 1). From t = K − k this is the teacher's DDIM-(K/k) chain."""
+    def _teacher_solve(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
+                       until: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's DDIM solve from per-sample timesteps t down to timesteps ``until`` (on its grid; −1, the
+        default: to the end): steps of k timesteps while t ≥ k, then its clipped x̂_0 (the last DDIM step, to
+        ᾱ = 1). From t = K − k to the end this is the teacher's DDIM-(K/k) chain."""
         schedule, k = self.noise_scheduler.schedule, self.skip_steps
-        x, t, done = x_t, t.clone(), torch.zeros_like(t, dtype=torch.bool)
+        until = torch.full_like(t, -1) if until is None else until
+        x, t = x_t, t.clone()
+        done = t <= until
         while not done.all():
-            output = self.teacher.model(x, t, cond)
+            output = self.teacher.model(x, t.clamp(min=0), cond)
             last = (t < k).reshape(-1, *([1] * (x.ndim - 1)))
-            x0 = predict_x0(schedule, output, x, t, self.config.prediction_type)
+            x0 = predict_x0(schedule, output, x, t.clamp(min=0), self.config.prediction_type)
             stepped = torch.where(last, x0.clamp(-1, 1) if self.config.clip_sample else x0,
-                                  ddim_jump(schedule, output, x, t, (t - k).clamp(min=0), self.config.prediction_type,
-                                            self.config.clip_sample))
+                                  ddim_jump(schedule, output, x, t.clamp(min=0), (t - k).clamp(min=0),
+                                            self.config.prediction_type, self.config.clip_sample))
             x = torch.where(done.reshape(last.shape), x, stepped)
-            done, t = done | (t < k), (t - k).clamp(min=0)
+            t = torch.where(done, t, t - k)
+            done = done | (t <= until)
         return x
+
+    def _progressive_target(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """x̃_0 = (x_s − (σ_s/σ_t) x_t) / (α_s − (σ_s/σ_t) α_t) for the teacher's x_s (s = −1: its final x̂_0)."""
+        schedule = self.noise_scheduler.schedule
+        x_s = self._teacher_solve(x_t, t, cond, until=s)
+        final = (s < 0).reshape(-1, *([1] * (x_t.ndim - 1)))
+        s = s.clamp(min=0)
+        ratio = schedule.extract("sqrt_one_minus_alphas_cumprod", s, x_t) / schedule.extract(
+            "sqrt_one_minus_alphas_cumprod", t, x_t)
+        implied = (x_s - ratio * x_t) / (schedule.extract("sqrt_alphas_cumprod", s, x_t)
+                                         - ratio * schedule.extract("sqrt_alphas_cumprod", t, x_t))
+        return torch.where(final, x_s, implied)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """The distillation loss of the module docstring for ``objective`` (squared ℓ2, mean over elements)."""
@@ -132,12 +177,17 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             cond, teacher_cond = cond + cond_noise, teacher_cond + cond_noise
         actions = self.normalizer["action"].normalize(batch["action"])
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
-        if self.objective == "trajectory":
+        if self.objective in ("trajectory", "progressive"):
             chain = self.inference_scheduler.timesteps.to(actions.device)
-            t = chain[torch.randint(0, len(chain), (actions.shape[0],), generator=generator, device=actions.device)]
-            starts = (t == chain[0]).reshape(-1, 1, 1)
+            index = torch.randint(0, len(chain), (actions.shape[0],), generator=generator, device=actions.device)
+            t = chain[index]
+            starts = (index == 0).reshape(-1, 1, 1)
             x_t = torch.where(starts, noise, q_sample(self.noise_scheduler.schedule, actions, t, noise))
-            return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
+            if self.objective == "trajectory":
+                return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
+            s = torch.cat([chain[1:], chain.new_full((1,), -1)])[index]
+            x0 = predict_x0(self.noise_scheduler.schedule, self.model(x_t, t, cond), x_t, t, self.config.prediction_type)
+            return F.mse_loss(x0, self._progressive_target(x_t, t, s, teacher_cond))
         t = torch.randint(1, self.config.consistency_max_timestep + 1, (actions.shape[0],), generator=generator,
                           device=actions.device)
         s = (t - self.skip_steps).clamp(min=0)

@@ -18,13 +18,13 @@ from test_training import REPO
 SCHEDULE = NoiseSchedule.from_name("squaredcos_cap_v2", 100)
 
 
-def tiny_teacher() -> DiffusionUnetPolicy:
+def tiny_teacher(**overrides) -> DiffusionUnetPolicy:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     normalizer = LinearNormalizer().fit({"obs": rng.uniform(0, 512, (100, 20)).astype(np.float32),
                                          "action": rng.uniform(0, 512, (100, 2)).astype(np.float32)})
     config = DiffusionPolicyConfig(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, sampler="ddim",
-                                   num_inference_steps=10)
+                                   num_inference_steps=10, **overrides)
     return DiffusionUnetPolicy(config, normalizer)
 
 
@@ -109,11 +109,41 @@ def test_the_teacher_solve_from_noise_is_its_ddim_chain():
     assert mixed.abs().max() <= 1 and not torch.allclose(mixed[1:3], expected[1:3])
 
 
-@pytest.mark.parametrize("objective", ["consistency", "trajectory"])
-def test_distillation_lowers_its_loss(objective):
+@pytest.mark.parametrize("steps, timesteps", [(1, [90]), (2, [90, 40]), (5, [90, 70, 50, 30, 10]), (10, list(range(90, -1, -10)))])
+def test_a_progressive_student_is_a_ddim_chain_on_its_teachers_grid(steps, timesteps):
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps, objective="progressive")
+    assert student.config.sampler == "ddim" and student.inference_scheduler.timesteps.tolist() == timesteps
+    with pytest.raises(ValueError, match="not a multiple of the teacher's step 10"):
+        ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=3, objective="progressive")
+    with pytest.raises(ValueError, match="ddim_steps_offset=60 puts DDIM-2's first timestep at 110"):
+        DiffusionPolicyConfig(sampler="ddim", num_inference_steps=2, ddim_steps_offset=60)
+
+
+def test_the_progressive_target_is_the_x0_whose_ddim_step_lands_on_the_teacher():
+    """x̃_0 makes one DDIM step t → s land on the teacher's multi-step x_s (eq. 8 of Salimans & Ho); on the
+    teacher's own grid (one teacher step per student step, no clipping) the teacher itself has zero loss."""
+    teacher = tiny_teacher(clip_sample=False).eval()
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=2, objective="progressive")
+    cond = teacher._global_condition(torch.rand(4, 2, 20) * 512)
+    x_t = torch.randn((4, 16, 2), generator=torch.Generator().manual_seed(0))
+    t, s = torch.tensor([90, 90, 40, 40]), torch.tensor([40, 40, -1, -1])
+    target = student._progressive_target(x_t, t, s, cond)
+    landed = student._teacher_solve(x_t, t, cond, until=s)
+    eps = (x_t - SCHEDULE.extract("sqrt_alphas_cumprod", t, x_t) * target) / SCHEDULE.extract(
+        "sqrt_one_minus_alphas_cumprod", t, x_t)
+    torch.testing.assert_close(ddim_jump(SCHEDULE, eps[:2], x_t[:2], t[:2], s[:2], clip_sample=False), landed[:2],
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(target[2:], student._teacher_solve(x_t[2:], t[2:], cond[2:]))  # the final x̂_0
+    on_grid = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=10, objective="progressive")
+    batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}
+    assert on_grid.compute_loss(batch, torch.Generator().manual_seed(0)).item() < 1e-8
+
+
+@pytest.mark.parametrize("objective, steps", [("consistency", 1), ("trajectory", 1), ("progressive", 2)])
+def test_distillation_lowers_its_loss(objective, steps):
     """A few hundred steps on a fixed batch: the loss at fixed (t, noise) draws falls well below its start."""
     torch.manual_seed(0)
-    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=1, objective=objective)
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps, objective=objective)
     batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
 
     def held_out_loss():
@@ -131,9 +161,10 @@ def test_distillation_lowers_its_loss(objective):
     assert held_out_loss() < 0.5 * start
 
 
+@pytest.mark.parametrize("objective", ["consistency", "progressive"])
 @pytest.mark.parametrize("steps", [1, 2])
-def test_a_distilled_chunk_costs_n_network_calls(steps):
-    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps).eval()
+def test_a_distilled_chunk_costs_n_network_calls(steps, objective):
+    student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps, objective=objective).eval()
     calls = []
     student.model.register_forward_hook(lambda module, inputs, output: calls.append(int(inputs[1])))
     result = student.predict_action({"obs": torch.rand(3, 2, 20) * 512}, torch.Generator().manual_seed(0))
@@ -176,6 +207,9 @@ def test_the_recipe_builds_the_configured_objective(checkpoint):
 
     student = ConsistencyDistillationRecipe(distillation_config(checkpoint, "distillation.objective=trajectory")).build_model(None)
     assert student.objective == "trajectory" and student.config.num_inference_steps == 1
+    student = ConsistencyDistillationRecipe(distillation_config(
+        checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=2")).build_model(None)
+    assert student.objective == "progressive" and student.inference_scheduler.timesteps.tolist() == [90, 40]
 
 
 def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
@@ -184,7 +218,7 @@ def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
     with pytest.raises(ConfigError, match="skip_steps must be an integer"):
         distillation_config(checkpoint, "distillation.skip_steps=0")
     with pytest.raises(ConfigError, match="objective must be one of"):
-        distillation_config(checkpoint, "distillation.objective=progressive")
+        distillation_config(checkpoint, "distillation.objective=adversarial")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
 
