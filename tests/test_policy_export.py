@@ -52,6 +52,21 @@ def test_exported_consistency_policy_matches_pytorch(tmp_path, checkpoint, fmt, 
     assert float((ours["action_pred"] - reference["action_pred"]).abs().max()) < 10 * TOLERANCE_PX
 
 
+def test_exported_progressive_student_keeps_its_shifted_ddim_chain(tmp_path, checkpoint):
+    """A progressive student samples DDIM-2 at t = 90, 40 (``ddim_steps_offset``); the export runs that chain."""
+    pytest.importorskip("onnxruntime")
+    from dpstack.policy.distillation import ConsistencyStudent
+
+    policy = ConsistencyStudent(load_policy(checkpoint), skip_steps=10, num_inference_steps=2, objective="progressive").eval()
+    exported = load_policy(export(policy, tmp_path / "policy.onnx", "onnx"))
+    assert exported.config == policy.config and exported.config.ddim_steps_offset == 40
+    obs = random_observation(policy.config)
+    ours = exported.predict_action(obs, torch.Generator().manual_seed(0))
+    reference = policy.predict_action(obs, torch.Generator().manual_seed(0))
+    # the first call's x̂_0 at t = 90 scales float32 rounding by √(1/ᾱ_90 − 1) ≈ 6.3, as for consistency students
+    assert float((ours["action_pred"] - reference["action_pred"]).abs().max()) < 10 * TOLERANCE_PX
+
+
 def test_export_refuses_the_stochastic_sampler_and_cuda(tmp_path, checkpoint):
     ddpm = export_for_inference(checkpoint, tmp_path / "ddpm.ckpt", sampler="ddpm", num_inference_steps=4)
     with pytest.raises(ValueError, match="unrolls the deterministic DDIM .*chain or a consistency chain"):
