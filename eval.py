@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="None: the checkpoint's; consistency is for distilled policies (policy.distillation)")
     parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (None: the checkpoint's)")
+    parser.add_argument("--ddim_steps_offset", type=int, default=None,
+                        help="shift DDIM's timesteps up, e.g. 40: DDIM-2 at t = 90, 40 (None: the checkpoint's)")
     parser.add_argument("--n_test_videos", type=int, default=4, help="test episodes written as videos")
     parser.add_argument("--n_train_videos", type=int, default=2, help="training-seed episodes written as videos")
     parser.add_argument("--seed", type=int, default=42, help="seed of the diffusion sampling noise")
@@ -76,7 +78,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, output_dir: 
     with exit_on_user_error(also=(ValueError,)):  # ValueError: an inference setting the policy refuses
         policy = load_policy(checkpoint, device=args.device)
         changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
-                   "n_action_steps": args.n_action_steps}
+                   "n_action_steps": args.n_action_steps, "ddim_steps_offset": args.ddim_steps_offset}
         policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
     policy.optimize_for_inference()  # identical actions, faster sampling
     obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"

@@ -97,12 +97,13 @@ class DiffusionPolicyConfig:
         return values
 
 
-INFERENCE_SETTINGS = ("sampler", "num_inference_steps", "n_action_steps")
+INFERENCE_SETTINGS = ("sampler", "num_inference_steps", "n_action_steps", "ddim_steps_offset")
 
 
 def with_inference_settings(config: DiffusionPolicyConfig, **changes) -> DiffusionPolicyConfig:
     """``config`` with inference-time settings changed, validated: ``sampler``, ``num_inference_steps``
-    (e.g. DDIM-10 for fast control) or ``n_action_steps`` (how many actions to execute per chunk)."""
+    (e.g. DDIM-10 for fast control), ``n_action_steps`` (how many actions to execute per chunk) or
+    ``ddim_steps_offset`` (DDIM's timesteps shifted up, e.g. DDIM-2 at 90, 40 with 40)."""
     if not set(changes) <= set(INFERENCE_SETTINGS):
         raise ValueError(f"only {list(INFERENCE_SETTINGS)} can change after training, got {sorted(changes)}")
     return DiffusionPolicyConfig.from_dict(config.to_dict() | changes)

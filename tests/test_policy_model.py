@@ -118,6 +118,10 @@ def test_reconfigure_inference_settings():
     assert policy.predict_action({"obs": torch.rand(1, 2, 20)})["action"].shape == (1, 4, 2)
     with pytest.raises(ValueError, match="can change after training"):
         policy.reconfigure(horizon=32)
+    policy.reconfigure(sampler="ddim", num_inference_steps=2, ddim_steps_offset=40)  # DDIM-2 shifted up by 40
+    assert policy.inference_scheduler.timesteps.tolist() == [90, 40]
+    with pytest.raises(ValueError, match="first timestep at 106"):
+        policy.reconfigure(num_inference_steps=3)
 
 
 def test_observation_history_repeats_first_then_rolls():
