@@ -95,7 +95,7 @@ def student_ddim_chain(num_train_timesteps: int, skip_steps: int, num_inference_
 
 
 class ConsistencyStudent(DiffusionUnetPolicy):
-    """A consistency policy being distilled from ``teacher`` (frozen, held outside the module's parameters
+    """A few-step policy being distilled from ``teacher`` (frozen, held outside the module's parameters
     and state dict: checkpoints hold the student only)."""
 
     def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int,
