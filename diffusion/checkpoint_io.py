@@ -78,10 +78,15 @@ def load_model(path: str | os.PathLike, recipe: str, build, device: str | torch.
     return load_weights(build(payload["model_config"]), payload, path, use_ema).to(device).eval()
 
 
+def model_weights(payload: dict, use_ema: bool = True) -> dict:
+    """The payload's EMA state dict (when present and ``use_ema``), else its raw one."""
+    states = payload["state_dicts"]
+    return states["ema_model"] if use_ema and states.get("ema_model") is not None else states["model"]
+
+
 def load_weights(model: torch.nn.Module, payload: dict, path, use_ema: bool = True) -> torch.nn.Module:
     """``model`` with the payload's EMA weights (when present and ``use_ema``), else its raw weights."""
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if use_ema and states.get("ema_model") is not None else states["model"]
+    weights = model_weights(payload, use_ema)
     try:
         model.load_state_dict(weights)
     except RuntimeError as error:

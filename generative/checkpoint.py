@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_model, model_weights, save_checkpoint
 from dpstack.generative.autoencoder import AutoencoderConfig, KLAutoencoder
 from dpstack.generative.image_diffusion import ImageDiffusion, ImageDiffusionConfig
 from dpstack.generative.latent_diffusion import LatentTextToImage, TextToImageConfig
@@ -41,8 +41,7 @@ def export_model(source: str | os.PathLike, destination: str | os.PathLike) -> P
     if recipe not in SHIPPABLE_RECIPES or "model_config" not in payload:
         raise CheckpointError(f"{source} holds no generative model (recipe {recipe!r}; these export: "
                               f"{', '.join(SHIPPABLE_RECIPES)}); a policy exports with python -m dpstack.policy.export")
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
+    weights = model_weights(payload)
     slim = {"config": payload["config"], "model_config": payload["model_config"], "state_dicts": {"model": weights},
             "metrics": payload.get("metrics", {}), "exported_from": str(source)}
     return save_checkpoint(slim, destination)

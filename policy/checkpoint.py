@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_weights, save_checkpoint  # noqa: F401
+from dpstack.diffusion.checkpoint_io import CheckpointError, load_checkpoint, load_weights, model_weights, save_checkpoint  # noqa: F401
 from dpstack.policy.diffusion_policy import (
     INFERENCE_SETTINGS,
     SAMPLERS,
@@ -41,8 +41,7 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
         raise CheckpointError(f"checkpoint {source} holds no policy; only policies are exported for deployment")
     policy_config = with_inference_settings(DiffusionPolicyConfig.from_dict(payload["policy_config"]),
                                             **inference_settings)
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
+    weights = model_weights(payload)
     network = [key for key, value in weights.items() if value.is_floating_point() and not key.startswith("normalizer.")]
     weights = {**weights, **{key: weights[key].to(WEIGHT_DTYPES[weights_dtype]) for key in network}}
     overflowed = [key for key in network if not weights[key].isfinite().all()]

@@ -21,7 +21,7 @@ from torch import nn
 from dpstack.datasets.normalizer import LinearNormalizer
 from dpstack.diffusion.consistency import ConsistencyScheduler
 from dpstack.diffusion.noise import Generators, randn
-from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler, spaced_timesteps
 from dpstack.policy.obs_encoders import build_obs_encoder
 from dpstack.policy.unet1d import ConditionalUnet1D
 
@@ -68,11 +68,13 @@ class DiffusionPolicyConfig:
         if self.consistency_max_timestep is not None and not 1 <= self.consistency_max_timestep < self.num_train_timesteps:
             problems.append(f"consistency_max_timestep must be in [1, num_train_timesteps − 1], "
                             f"got {self.consistency_max_timestep}")
-        ddim_first = (self.num_inference_steps - 1) * (self.num_train_timesteps // max(self.num_inference_steps, 1))
-        if self.ddim_steps_offset and not 0 <= ddim_first + self.ddim_steps_offset < self.num_train_timesteps:
-            problems.append(f"ddim_steps_offset={self.ddim_steps_offset} puts DDIM-{self.num_inference_steps}'s first "
-                            f"timestep at {ddim_first + self.ddim_steps_offset}, outside [0, {self.num_train_timesteps - 1}]; "
-                            f"lower the offset or the number of steps")
+        if self.ddim_steps_offset and 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            first = int(spaced_timesteps(self.num_train_timesteps, self.num_inference_steps, "leading",
+                                         self.ddim_steps_offset)[0])
+            if not 0 <= first < self.num_train_timesteps:
+                problems.append(f"ddim_steps_offset={self.ddim_steps_offset} puts DDIM-{self.num_inference_steps}'s first "
+                                f"timestep at {first}, outside [0, {self.num_train_timesteps - 1}]; "
+                                f"lower the offset or the number of steps")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
             problems.append(f"n_obs_steps − 1 + n_action_steps = {self.n_obs_steps - 1 + self.n_action_steps} "
                             f"exceeds horizon {self.horizon}")

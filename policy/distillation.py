@@ -144,11 +144,12 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         x, t = x_t, t.clone()
         done = t <= until
         while not done.all():
-            output = self.teacher.model(x, t.clamp(min=0), cond)
+            t_now = t.clamp(min=0)  # finished samples sit below 0; their results are discarded
+            output = self.teacher.model(x, t_now, cond)
             last = (t < k).reshape(-1, *([1] * (x.ndim - 1)))
-            x0 = predict_x0(schedule, output, x, t.clamp(min=0), self.config.prediction_type)
+            x0 = predict_x0(schedule, output, x, t_now, self.config.prediction_type)
             stepped = torch.where(last, x0.clamp(-1, 1) if self.config.clip_sample else x0,
-                                  ddim_jump(schedule, output, x, t.clamp(min=0), (t - k).clamp(min=0),
+                                  ddim_jump(schedule, output, x, t_now, (t - k).clamp(min=0),
                                             self.config.prediction_type, self.config.clip_sample))
             x = torch.where(done.reshape(last.shape), x, stepped)
             t = torch.where(done, t, t - k)

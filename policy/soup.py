@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from dpstack.policy.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from dpstack.policy.checkpoint import CheckpointError, load_checkpoint, model_weights, save_checkpoint
 from dpstack.policy.diffusion_policy import INFERENCE_SETTINGS
 
 NORMALIZER_PREFIX = "normalizer."
@@ -21,9 +21,12 @@ def _policy_weights(payload: dict, path) -> dict[str, torch.Tensor]:
     """The EMA weights of a policy checkpoint (the raw ones when it has no EMA copy), as float32."""
     if "policy_config" not in payload:
         raise CheckpointError(f"checkpoint {path} holds no policy; only policies are averaged")
-    states = payload["state_dicts"]
-    weights = states.get("ema_model") if states.get("ema_model") is not None else states["model"]
-    return {key: value.float() if value.is_floating_point() else value for key, value in weights.items()}
+    return {key: value.float() if value.is_floating_point() else value for key, value in model_weights(payload).items()}
+
+
+def _is_shared(key: str, value: torch.Tensor) -> bool:
+    """Tensors that siblings hold identically (the normaliser, integer buffers): copied, never averaged."""
+    return key.startswith(NORMALIZER_PREFIX) or not value.is_floating_point()
 
 
 def _architecture(policy_config: dict) -> dict:
@@ -40,8 +43,7 @@ def _check_siblings(first: dict, other: dict, first_path, other_path) -> None:
         if value.shape != other[key].shape:
             raise CheckpointError(f"{key} has shape {tuple(other[key].shape)} in {other_path} but "
                                   f"{tuple(value.shape)} in {first_path}")
-        fixed = key.startswith(NORMALIZER_PREFIX) or not value.is_floating_point()
-        if fixed and not torch.equal(value, other[key]):
+        if _is_shared(key, value) and not torch.equal(value, other[key]):
             raise CheckpointError(f"{other_path} and {first_path} differ in {key}: they do not share a "
                                   f"normaliser, so they are not fine-tunes of one run and cannot be averaged")
 
@@ -62,8 +64,7 @@ def average_policies(sources: list[str | os.PathLike], destination: str | os.Pat
         _check_siblings(weights[0], other, sources[0], path)
     averaged = {}
     for key, value in weights[0].items():
-        fixed = key.startswith(NORMALIZER_PREFIX) or not value.is_floating_point()
-        averaged[key] = value if fixed else torch.stack([w[key] for w in weights]).mean(dim=0)
+        averaged[key] = value if _is_shared(key, value) else torch.stack([w[key] for w in weights]).mean(dim=0)
     soup = {"config": payloads[0]["config"], "policy_config": payloads[0]["policy_config"],
             "state_dicts": {"model": averaged}, "metrics": {},
             "averaged_from": [str(path) for path in sources]}
