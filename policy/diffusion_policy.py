@@ -43,6 +43,7 @@ class DiffusionPolicyConfig:
     kernel_size: int = 5
     n_groups: int = 8
     diffusion_step_embed_dim: int = 256
+    blocks_per_level: int = 2  # residual blocks per U-Net level and in the middle (the paper: 2)
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
@@ -80,6 +81,8 @@ class DiffusionPolicyConfig:
                             f"exceeds horizon {self.horizon}")
         if self.horizon % 2 ** (len(self.down_dims) - 1):
             problems.append(f"horizon {self.horizon} must be a multiple of 2^(len(down_dims)−1)")
+        if not (isinstance(self.blocks_per_level, int) and self.blocks_per_level >= 1):
+            problems.append(f"blocks_per_level must be an integer ≥ 1, got {self.blocks_per_level!r}")
         if any(d % self.n_groups for d in self.down_dims):
             problems.append(f"every down_dims entry must be divisible by n_groups={self.n_groups}")
         if problems:
@@ -126,6 +129,7 @@ class DiffusionUnetPolicy(nn.Module):
             kernel_size=config.kernel_size,
             n_groups=config.n_groups,
             diffusion_step_embed_dim=config.diffusion_step_embed_dim,
+            blocks_per_level=config.blocks_per_level,
         )
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,

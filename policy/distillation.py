@@ -59,6 +59,7 @@ class ConsistencyDistillationConfig:
     skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
     objective: str = "consistency"  # or "trajectory" / "progressive" (module docstring)
+    student_blocks_per_level: int | None = None  # None: the teacher's; fewer: a block-removed, cheaper student
 
     def __post_init__(self) -> None:
         problems = []
@@ -69,6 +70,10 @@ class ConsistencyDistillationConfig:
             problems.append(f"distillation.skip_steps must be an integer ≥ 1, got {self.skip_steps!r}")
         if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
             problems.append(f"distillation.num_inference_steps must be an integer ≥ 1, got {self.num_inference_steps!r}")
+        if self.student_blocks_per_level is not None and not (
+                isinstance(self.student_blocks_per_level, int) and self.student_blocks_per_level >= 1):
+            problems.append(f"distillation.student_blocks_per_level must be null or an integer ≥ 1, "
+                            f"got {self.student_blocks_per_level!r}")
         if self.objective not in OBJECTIVES:
             problems.append(f"distillation.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if problems:
@@ -84,13 +89,12 @@ class ConsistencyDistillationConfig:
 
 def student_ddim_chain(num_train_timesteps: int, skip_steps: int, num_inference_steps: int) -> dict:
     """The DDIM settings of a progressive student: n "leading" timesteps (spacing K // n) shifted to start at
-    the teacher's first timestep K − k; every timestep must lie on the teacher's grid (K − k, K − 2k, …)."""
+    the teacher's first timestep K − k (DDIM-2: 90, 40; DDIM-4: 90, 65, 40, 15)."""
     spacing = num_train_timesteps // num_inference_steps
     offset = num_train_timesteps - skip_steps - (num_inference_steps - 1) * spacing
-    if offset < 0 or spacing % skip_steps:
-        raise ValueError(f"a progressive student with {num_inference_steps} DDIM steps has timesteps {spacing} apart, "
-                         f"which is not a multiple of the teacher's step {skip_steps} (or starts below 0); choose "
-                         f"num_inference_steps so that {num_train_timesteps} // n is a multiple of {skip_steps}")
+    if offset < 0:
+        raise ValueError(f"a progressive student with {num_inference_steps} DDIM steps {spacing} apart cannot start at "
+                         f"the teacher's first timestep {num_train_timesteps - skip_steps}; choose fewer steps")
     return dict(sampler="ddim", num_inference_steps=num_inference_steps, ddim_steps_offset=offset)
 
 
@@ -99,7 +103,7 @@ class ConsistencyStudent(DiffusionUnetPolicy):
     and state dict: checkpoints hold the student only)."""
 
     def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int,
-                 objective: str = "consistency") -> None:
+                 objective: str = "consistency", blocks_per_level: int | None = None) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if teacher.config.sampler == "consistency":
@@ -110,9 +114,18 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         else:
             sampling = dict(sampler="consistency", num_inference_steps=num_inference_steps,
                             consistency_max_timestep=max_timestep)
+        if blocks_per_level is not None:
+            sampling["blocks_per_level"] = blocks_per_level
         config = DiffusionPolicyConfig.from_dict(teacher.config.to_dict() | sampling)
         super().__init__(config, copy.deepcopy(teacher.normalizer))
-        self.load_state_dict(teacher.state_dict())
+        if config.blocks_per_level == teacher.config.blocks_per_level:
+            self.load_state_dict(teacher.state_dict())
+        else:  # everything but the U-Net as is; the U-Net block-removed (ConditionalUnet1D.init_from_deeper)
+            outside_unet = {name: value for name, value in teacher.state_dict().items() if not name.startswith("model.")}
+            missing, unexpected = self.load_state_dict(outside_unet, strict=False)
+            if unexpected or any(not name.startswith("model.") for name in missing):
+                raise ValueError(f"the teacher's state does not fit the student: missing {missing}, unexpected {unexpected}")
+            self.model.init_from_deeper(teacher.model)
         self.skip_steps, self.objective = skip_steps, objective
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
 
@@ -136,9 +149,10 @@ class ConsistencyStudent(DiffusionUnetPolicy):
     @torch.no_grad()
     def _teacher_solve(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor,
                        until: torch.Tensor | None = None) -> torch.Tensor:
-        """The teacher's DDIM solve from per-sample timesteps t down to timesteps ``until`` (on its grid; −1, the
-        default: to the end): steps of k timesteps while t ≥ k, then its clipped x̂_0 (the last DDIM step, to
-        ᾱ = 1). From t = K − k to the end this is the teacher's DDIM-(K/k) chain."""
+        """The teacher's DDIM solve from per-sample timesteps t down to timesteps ``until`` (−1, the default: to
+        the end): steps of k timesteps (the last one shortened to land on ``until``) while t ≥ k, then its
+        clipped x̂_0 (the last DDIM step, to ᾱ = 1). From t = K − k to the end this is the teacher's DDIM-(K/k)
+        chain."""
         schedule, k = self.noise_scheduler.schedule, self.skip_steps
         until = torch.full_like(t, -1) if until is None else until
         x, t = x_t, t.clone()
@@ -148,11 +162,12 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             output = self.teacher.model(x, t_now, cond)
             last = (t < k).reshape(-1, *([1] * (x.ndim - 1)))
             x0 = predict_x0(schedule, output, x, t_now, self.config.prediction_type)
+            t_next = torch.maximum(t - k, until)
             stepped = torch.where(last, x0.clamp(-1, 1) if self.config.clip_sample else x0,
-                                  ddim_jump(schedule, output, x, t_now, (t - k).clamp(min=0),
+                                  ddim_jump(schedule, output, x, t_now, t_next.clamp(min=0),
                                             self.config.prediction_type, self.config.clip_sample))
             x = torch.where(done.reshape(last.shape), x, stepped)
-            t = torch.where(done, t, t - k)
+            t = torch.where(done, t, t_next)
             done = done | (t <= until)
         return x
 

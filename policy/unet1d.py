@@ -5,9 +5,10 @@ Each residual block computes
 
     h = Mish(GN(Conv(x)));  h = γ(c) ⊙ h + β(c);  h = Mish(GN(Conv(h)));  out = h + Conv1x1(x)
 
-with c = [MLP(sinusoid(k)), global_cond] (Perez et al. 2018, FiLM). The down path halves T at
-each level with a stride-2 conv (16 → 8 → 4 for three levels), the up path concatenates skips
-and doubles T with a transposed conv.
+with c = [MLP(sinusoid(k)), global_cond] (Perez et al. 2018, FiLM). Each level holds
+``blocks_per_level`` residual blocks (2 in the paper; 1 for a cheaper distilled student), as does the middle.
+The down path halves T at each level with a stride-2 conv (16 → 8 → 4 for three levels), the up path
+concatenates skips and doubles T with a transposed conv.
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ class ConditionalUnet1D(nn.Module):
         kernel_size: int = 5,
         n_groups: int = 8,
         diffusion_step_embed_dim: int = 256,
+        blocks_per_level: int = 2,
     ) -> None:
         super().__init__()
+        if blocks_per_level < 1:
+            raise ValueError(f"blocks_per_level must be ≥ 1, got {blocks_per_level}")
         down_dims = tuple(down_dims)
         self.step_encoder = nn.Sequential(
             SinusoidalStepEmbedding(diffusion_step_embed_dim),
@@ -73,19 +77,31 @@ class ConditionalUnet1D(nn.Module):
         for level, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
             is_last = level == n_levels - 1
             self.down.append(nn.ModuleList([
-                block(cin, cout), block(cout, cout),
+                block(cin, cout), *(block(cout, cout) for _ in range(blocks_per_level - 1)),
                 nn.Conv1d(cout, cout, 3, stride=2, padding=1) if not is_last else nn.Identity(),
             ]))
-        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]), block(down_dims[-1], down_dims[-1])])
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]) for _ in range(blocks_per_level)])
         self.up = nn.ModuleList()
         for cout, cin in zip(reversed(down_dims[:-1]), reversed(down_dims[1:])):
             self.up.append(nn.ModuleList([
-                block(2 * cin, cout), block(cout, cout),
+                block(2 * cin, cout), *(block(cout, cout) for _ in range(blocks_per_level - 1)),
                 nn.ConvTranspose1d(cout, cout, 4, stride=2, padding=1),
             ]))
         self.head = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
                                   nn.Conv1d(down_dims[0], action_dim, 1))
         self.time_divisor = 2 ** (n_levels - 1)
+
+    def init_from_deeper(self, deeper: "ConditionalUnet1D") -> None:
+        """Block-removed initialisation (Kim et al. 2024, BK-SDM): copy ``deeper``'s weights, keeping the first
+        ``blocks_per_level`` residual blocks of every level and of the middle. Widths must match."""
+        pairs = [(self.step_encoder, deeper.step_encoder), (self.head, deeper.head), *zip(self.mid, deeper.mid)]
+        if len(self.mid) > len(deeper.mid) or len(self.down) != len(deeper.down):
+            raise ValueError(f"cannot initialise {len(self.down)} levels × {len(self.mid)} blocks from "
+                             f"{len(deeper.down)} levels × {len(deeper.mid)} blocks")
+        for mine, theirs in zip([*self.down, *self.up], [*deeper.down, *deeper.up]):
+            pairs += [*zip(mine[:-1], theirs[:-1]), (mine[-1], theirs[-1])]
+        for module, source in pairs:
+            module.load_state_dict(source.state_dict())
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, global_cond: torch.Tensor) -> torch.Tensor:
         batch, horizon, _ = sample.shape
@@ -97,13 +113,16 @@ class ConditionalUnet1D(nn.Module):
 
         x = sample.transpose(1, 2)
         skips = []
-        for first, second, downsample in self.down:
-            x = second(first(x, cond), cond)
+        for *blocks, downsample in self.down:
+            for block in blocks:
+                x = block(x, cond)
             skips.append(x)
             x = downsample(x)
         for block in self.mid:
             x = block(x, cond)
-        for first, second, upsample in self.up:
+        for *blocks, upsample in self.up:
             x = torch.cat([x, skips.pop()], dim=1)
-            x = upsample(second(first(x, cond), cond))
+            for block in blocks:
+                x = block(x, cond)
+            x = upsample(x)
         return self.head(x).transpose(1, 2)

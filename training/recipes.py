@@ -144,7 +144,8 @@ class ConsistencyDistillationRecipe(PolicyRecipe):
         if teacher.config.obs_type != self.cfg.task.obs_type:
             raise ValueError(f"the teacher {settings.teacher_checkpoint} observes {teacher.config.obs_type}, "
                              f"task.obs_type is {self.cfg.task.obs_type}: choose the teacher's task")
-        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective)
+        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective,
+                                  settings.get("student_blocks_per_level"))
 
 
 class MNISTRecipe:
