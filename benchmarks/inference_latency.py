@@ -7,7 +7,8 @@ Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with 
 the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
 (``load_policy(..., optimize=True)``), its exports (``python -m dpstack.policy.export``: ONNX through
 onnxruntime, when installed, and TorchScript, written to a temporary folder), traced with the full
-DDPM-100 chain, and the policy distilled from it (consistency sampling, ``policy/distillation.py``), traced.
+DDPM-100 chain, and the policy distilled from it (``policy/distillation.py``; its own calls per chunk unless
+``--distilled-steps`` says otherwise), traced.
 Each row is the median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls; every row is
 measured at each ``--threads`` value in turn, and the ratio column divides by the shipped checkpoint's
 traced row at the same thread count. The load average at the start and end is printed: other work on the
@@ -77,11 +78,12 @@ def policy_rows(args, threads: int) -> list[tuple[str, object, int, float]]:
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
         rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls, size))
     if args.distilled.exists():
-        size = unet_millions(load_policy(args.distilled))
-        for steps in args.distilled_steps:
+        student = load_policy(args.distilled)
+        size, sampler = unet_millions(student), student.config.sampler
+        for steps in args.distilled_steps or [student.config.num_inference_steps]:
             policy = load_policy(args.distilled, optimize=True)
             policy.reconfigure(num_inference_steps=steps)
-            rows.append((f"distilled {args.distilled.name}, consistency-{steps}, traced", policy, args.calls, size))
+            rows.append((f"distilled {args.distilled.name}, {sampler}-{steps}, traced", policy, args.calls, size))
     return rows
 
 
@@ -93,7 +95,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
     parser.add_argument("--distilled", type=Path, default=Path("pretrained/pusht_lowdim_distilled.ckpt"),
                         help="a policy distilled from --checkpoint (rows skipped when the file is missing)")
-    parser.add_argument("--distilled-steps", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--distilled-steps", type=int, nargs="+", default=None,
+                        help="U-Net calls per chunk of the distilled rows (default: the file's own)")
     args = parser.parse_args()
     print(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, cpus={os.cpu_count()}, "
           f"torch {torch.__version__}, loadavg(1m) at start={os.getloadavg()[0]:.2f}")

@@ -25,7 +25,12 @@ teacher's grid (t_0 = K − k; DDIM-2: 90, 40). With t = t_i, s = t_{i+1}, α = 
     L   = ‖x̂_0,θ(A^t, t, c) − x̃_0‖²
 
 and sampling is the student's own deterministic DDIM chain, which hands each state to the next call
-(no re-noising, unlike the consistency sampler).
+(no re-noising, unlike the consistency sampler). Its timesteps are the leading grid shifted to start at K − k
+(DDIM-4: 90, 65, 40, 15); where one is off the teacher's grid, the teacher's solve shortens its last step to land on it.
+
+``student_blocks_per_level: 1`` makes the student a cheaper U-Net, one residual block per level and in the middle
+instead of two (half the blocks, about half the latency of a call at batch 1), initialised by block removal from
+the teacher (Kim et al. 2024, BK-SDM; ``ConditionalUnet1D.init_from_deeper``): more calls for the same latency.
 
 The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
 ``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts), or ``sampler: ddim`` with

@@ -109,12 +109,13 @@ def test_the_teacher_solve_from_noise_is_its_ddim_chain():
     assert mixed.abs().max() <= 1 and not torch.allclose(mixed[1:3], expected[1:3])
 
 
-@pytest.mark.parametrize("steps, timesteps", [(1, [90]), (2, [90, 40]), (5, [90, 70, 50, 30, 10]), (10, list(range(90, -1, -10)))])
-def test_a_progressive_student_is_a_ddim_chain_on_its_teachers_grid(steps, timesteps):
+@pytest.mark.parametrize("steps, timesteps", [(1, [90]), (2, [90, 40]), (3, [90, 57, 24]), (4, [90, 65, 40, 15]),
+                                             (5, [90, 70, 50, 30, 10]), (10, list(range(90, -1, -10)))])
+def test_a_progressive_student_is_a_ddim_chain_from_its_teachers_first_timestep(steps, timesteps):
     student = ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=steps, objective="progressive")
     assert student.config.sampler == "ddim" and student.inference_scheduler.timesteps.tolist() == timesteps
-    with pytest.raises(ValueError, match="not a multiple of the teacher's step 10"):
-        ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=3, objective="progressive")
+    with pytest.raises(ValueError, match="cannot start at the teacher's first timestep 90"):
+        ConsistencyStudent(tiny_teacher(), skip_steps=10, num_inference_steps=20, objective="progressive")
     with pytest.raises(ValueError, match="ddim_steps_offset=60 puts DDIM-2's first timestep at 110"):
         DiffusionPolicyConfig(sampler="ddim", num_inference_steps=2, ddim_steps_offset=60)
 
@@ -137,6 +138,32 @@ def test_the_progressive_target_is_the_x0_whose_ddim_step_lands_on_the_teacher()
     on_grid = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=10, objective="progressive")
     batch = {"obs": torch.rand(16, 16, 20) * 512, "action": torch.rand(16, 16, 2) * 512}
     assert on_grid.compute_loss(batch, torch.Generator().manual_seed(0)).item() < 1e-8
+
+
+def test_the_teacher_solve_shortens_its_last_step_to_land_off_its_grid():
+    """90 → 65 is the teacher's DDIM steps 90 → 80 → 70 → 65 (the last one 5 timesteps long)."""
+    teacher = tiny_teacher().eval()
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="progressive")
+    cond = teacher._global_condition(torch.rand(3, 2, 20) * 512)
+    x = x_t = torch.randn((3, 16, 2), generator=torch.Generator().manual_seed(0))
+    for t, s in [(90, 80), (80, 70), (70, 65)]:
+        t, s = torch.full((3,), t), torch.full((3,), s)
+        x = ddim_jump(SCHEDULE, teacher.model(x, t, cond), x, t, s, clip_sample=True)
+    landed = student._teacher_solve(x_t, torch.full((3,), 90), cond, until=torch.full((3,), 65))
+    torch.testing.assert_close(landed, x, atol=1e-5, rtol=0)
+
+
+def test_a_block_removed_student_starts_from_its_teachers_first_blocks():
+    teacher = tiny_teacher().eval()
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="progressive",
+                                 blocks_per_level=1)
+    assert student.config.blocks_per_level == 1 and len(student.model.mid) == 1
+    assert torch.equal(student.model.down[2][0].first[0].weight, teacher.model.down[2][0].first[0].weight)
+    assert torch.equal(student.normalizer["action"].scale, teacher.normalizer["action"].scale)
+    n_params = lambda policy: sum(p.numel() for p in policy.model.parameters())  # noqa: E731
+    assert n_params(student) < 0.6 * n_params(teacher)
+    batch = {"obs": torch.rand(8, 2, 20) * 512, "action": torch.rand(8, 16, 2) * 512}
+    assert torch.isfinite(student.compute_loss(batch, torch.Generator().manual_seed(0)))
 
 
 @pytest.mark.parametrize("objective, steps", [("consistency", 1), ("trajectory", 1), ("progressive", 2)])

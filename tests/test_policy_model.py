@@ -6,7 +6,7 @@ import torch
 from dpstack.datasets.normalizer import LinearNormalizer
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 from dpstack.policy.executor import ObservationHistory, RecedingHorizonExecutor
-from dpstack.policy.unet1d import ConditionalUnet1D
+from dpstack.policy.unet1d import ConditionalUnet1D, FiLMResidualBlock
 
 TINY = dict(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, sampler="ddim", num_inference_steps=5)
 
@@ -29,6 +29,27 @@ def test_unet_keeps_shape_and_uses_condition():
     assert not torch.allclose(out, net(x, 50, cond))  # scalar timestep broadcasts
     with pytest.raises(ValueError, match="multiple of 4"):
         net(torch.randn(1, 10, 2), 0, torch.randn(1, 40))
+
+
+def test_one_block_per_level_halves_the_blocks_and_copies_the_first_ones():
+    """blocks_per_level=1: 6 residual blocks instead of 12; ``init_from_deeper`` keeps the first block of each
+    level and of the middle plus every resampling conv, so on the kept modules both nets compute the same."""
+    deep = ConditionalUnet1D(action_dim=2, global_cond_dim=40, down_dims=(16, 32, 64), diffusion_step_embed_dim=16)
+    shallow = ConditionalUnet1D(action_dim=2, global_cond_dim=40, down_dims=(16, 32, 64), diffusion_step_embed_dim=16,
+                                blocks_per_level=1)
+    assert "down.0.2.weight" in deep.state_dict() and "mid.1.first.0.weight" in deep.state_dict()  # old checkpoints' keys
+    count = lambda net: sum(isinstance(m, FiLMResidualBlock) for m in net.modules())  # noqa: E731
+    assert (count(deep), count(shallow)) == (12, 6)
+    shallow.init_from_deeper(deep)
+    x, cond = torch.randn(3, 16, 2), torch.randn(3, 40)
+    assert torch.equal(shallow.down[1][1].weight, deep.down[1][2].weight)  # the downsampling conv
+    block_input, film_cond = torch.randn(3, 128, 4), torch.randn(3, 16 + 40)  # [step embedding, global cond]
+    assert torch.equal(shallow.up[0][0](block_input, film_cond), deep.up[0][0](block_input, film_cond))
+    assert shallow(x, 5, cond).shape == x.shape
+    with pytest.raises(ValueError, match="cannot initialise"):
+        deep.init_from_deeper(shallow)
+    with pytest.raises(ValueError, match="blocks_per_level"):
+        DiffusionPolicyConfig(**(TINY | dict(blocks_per_level=0)))
 
 
 def test_paper_lowdim_unet_size():
