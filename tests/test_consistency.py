@@ -237,6 +237,10 @@ def test_the_recipe_builds_the_configured_objective(checkpoint):
     student = ConsistencyDistillationRecipe(distillation_config(
         checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=2")).build_model(None)
     assert student.objective == "progressive" and student.inference_scheduler.timesteps.tolist() == [90, 40]
+    student = ConsistencyDistillationRecipe(distillation_config(
+        checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=4",
+        "distillation.student_blocks_per_level=1")).build_model(None)
+    assert student.config.blocks_per_level == 1 and student.inference_scheduler.timesteps.tolist() == [90, 65, 40, 15]
 
 
 def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
@@ -246,6 +250,8 @@ def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
         distillation_config(checkpoint, "distillation.skip_steps=0")
     with pytest.raises(ConfigError, match="objective must be one of"):
         distillation_config(checkpoint, "distillation.objective=adversarial")
+    with pytest.raises(ConfigError, match="student_blocks_per_level must be null or an integer ≥ 1"):
+        distillation_config(checkpoint, "distillation.student_blocks_per_level=0")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
 
