@@ -94,10 +94,10 @@ class ConditionalUnet1D(nn.Module):
     def init_from_deeper(self, deeper: "ConditionalUnet1D") -> None:
         """Block-removed initialisation (Kim et al. 2024, BK-SDM): copy ``deeper``'s weights, keeping the first
         ``blocks_per_level`` residual blocks of every level and of the middle. Widths must match."""
-        pairs = [(self.step_encoder, deeper.step_encoder), (self.head, deeper.head), *zip(self.mid, deeper.mid)]
         if len(self.mid) > len(deeper.mid) or len(self.down) != len(deeper.down):
             raise ValueError(f"cannot initialise {len(self.down)} levels × {len(self.mid)} blocks from "
                              f"{len(deeper.down)} levels × {len(deeper.mid)} blocks")
+        pairs = [(self.step_encoder, deeper.step_encoder), (self.head, deeper.head), *zip(self.mid, deeper.mid)]
         for mine, theirs in zip([*self.down, *self.up], [*deeper.down, *deeper.up]):
             pairs += [*zip(mine[:-1], theirs[:-1]), (mine[-1], theirs[-1])]
         for module, source in pairs:
