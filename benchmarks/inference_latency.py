@@ -7,7 +7,8 @@ Rows: the paper's low-dim configuration (down_dims 256/512/1024, DDPM-100) with 
 the same network with DDIM-10, the shipped checkpoint with its own sampler, eager and traced
 (``load_policy(..., optimize=True)``), its exports (``python -m dpstack.policy.export``: ONNX through
 onnxruntime, when installed, and TorchScript, written to a temporary folder), traced with the full
-DDPM-100 chain, and the policy distilled from it (``policy/distillation.py``; its own calls per chunk unless
+DDPM-100 chain (and with fewer DDIM steps on a shifted grid, ``--shifted-ddim STEPS:OFFSET``), and the
+policy distilled from it (``policy/distillation.py``; its own calls per chunk unless
 ``--distilled-steps`` says otherwise), traced.
 Each row is the median of ``--calls`` timed ``predict_action`` calls after 3 warm-up calls; every row is
 measured at each ``--threads`` value in turn, and the ratio column divides by the shipped checkpoint's
@@ -77,6 +78,10 @@ def policy_rows(args, threads: int) -> list[tuple[str, object, int, float]]:
         full_chain = load_policy(args.checkpoint, optimize=True)
         full_chain.reconfigure(sampler="ddpm", num_inference_steps=100)
         rows.append((f"{label}, DDPM-100, traced", full_chain, args.paper_calls, size))
+        for steps, offset in args.shifted_ddim:
+            shifted = load_policy(args.checkpoint, optimize=True)
+            shifted.reconfigure(sampler="ddim", num_inference_steps=steps, ddim_steps_offset=offset)
+            rows.append((f"{label}, DDIM-{steps} offset {offset}, traced", shifted, args.calls, size))
     if args.distilled.exists():
         student = load_policy(args.distilled)
         size, sampler = unet_millions(student), student.config.sampler
@@ -93,6 +98,9 @@ def main() -> None:
     parser.add_argument("--paper-calls", type=int, default=10, help="calls for the slow DDPM-100 rows")
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--checkpoint", type=Path, default=Path("pretrained/pusht_lowdim.ckpt"))
+    parser.add_argument("--shifted-ddim", type=lambda text: tuple(int(v) for v in text.split(":")), nargs="*",
+                        default=[], metavar="STEPS:OFFSET",
+                        help="extra rows: the shipped file with fewer DDIM steps on a shifted grid, e.g. 4:15")
     parser.add_argument("--distilled", type=Path, default=Path("pretrained/pusht_lowdim_distilled.ckpt"),
                         help="a policy distilled from --checkpoint (rows skipped when the file is missing)")
     parser.add_argument("--distilled-steps", type=int, nargs="+", default=None,
