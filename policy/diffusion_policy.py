@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -23,7 +24,7 @@ from dpstack.diffusion.consistency import ConsistencyScheduler
 from dpstack.diffusion.noise import Generators, randn
 from dpstack.diffusion.schedulers import DDIMScheduler, DDPMScheduler, spaced_timesteps
 from dpstack.policy.obs_encoders import build_obs_encoder
-from dpstack.policy.unet1d import ConditionalUnet1D
+from dpstack.policy.unet1d import ConditionalUnet1D, stage_block_counts
 
 SAMPLERS = ("ddpm", "ddim", "consistency")  # consistency: a distilled policy (policy.distillation)
 OBS_TYPES = ("lowdim", "image")
@@ -43,7 +44,8 @@ class DiffusionPolicyConfig:
     kernel_size: int = 5
     n_groups: int = 8
     diffusion_step_embed_dim: int = 256
-    blocks_per_level: int = 2  # residual blocks per U-Net level and in the middle (the paper: 2)
+    blocks_per_level: int | tuple[int, ...] = 2  # residual blocks per U-Net level and in the middle (the paper: 2),
+    # or one count per stage: down levels, middle, up levels (unet1d.stage_block_counts)
     num_train_timesteps: int = 100
     beta_schedule: str = "squaredcos_cap_v2"
     prediction_type: str = "epsilon"
@@ -57,6 +59,8 @@ class DiffusionPolicyConfig:
 
     def __post_init__(self) -> None:
         self.down_dims = tuple(int(d) for d in self.down_dims)
+        if not isinstance(self.blocks_per_level, (int, str)) and isinstance(self.blocks_per_level, Sequence):
+            self.blocks_per_level = tuple(self.blocks_per_level)  # a list from YAML or a checkpoint
         problems = []
         if self.obs_type not in OBS_TYPES:
             problems.append(f"obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
@@ -81,8 +85,10 @@ class DiffusionPolicyConfig:
                             f"exceeds horizon {self.horizon}")
         if self.horizon % 2 ** (len(self.down_dims) - 1):
             problems.append(f"horizon {self.horizon} must be a multiple of 2^(len(down_dims)−1)")
-        if not (isinstance(self.blocks_per_level, int) and self.blocks_per_level >= 1):
-            problems.append(f"blocks_per_level must be an integer ≥ 1, got {self.blocks_per_level!r}")
+        try:
+            stage_block_counts(self.blocks_per_level, len(self.down_dims))
+        except ValueError as error:
+            problems.append(str(error))
         if any(d % self.n_groups for d in self.down_dims):
             problems.append(f"every down_dims entry must be divisible by n_groups={self.n_groups}")
         if problems:
@@ -99,6 +105,8 @@ class DiffusionPolicyConfig:
     def to_dict(self) -> dict:
         values = asdict(self)
         values["down_dims"] = list(self.down_dims)
+        if isinstance(self.blocks_per_level, tuple):
+            values["blocks_per_level"] = list(self.blocks_per_level)
         return values
 
 

@@ -28,9 +28,11 @@ and sampling is the student's own deterministic DDIM chain, which hands each sta
 (no re-noising, unlike the consistency sampler). Its timesteps are the leading grid shifted to start at K − k
 (DDIM-4: 90, 65, 40, 15); where one is off the teacher's grid, the teacher's solve shortens its last step to land on it.
 
-``student_blocks_per_level: 1`` makes the student a cheaper U-Net, one residual block per level and in the middle
-instead of two (half the blocks, about half the latency of a call at batch 1), initialised by block removal from
-the teacher (Kim et al. 2024, BK-SDM; ``ConditionalUnet1D.init_from_deeper``): more calls for the same latency.
+``student_blocks_per_level`` makes the student a cheaper U-Net initialised by block removal from the teacher
+(Kim et al. 2024, BK-SDM; ``ConditionalUnet1D.init_from_deeper``): more calls for the same latency. 1: one residual
+block per level and in the middle instead of two; per stage, e.g. [2, 2, 1, 0, 2, 2]: only the deepest level's
+second block and both middle blocks removed (the blocks whose removal costs the teacher least, about half of a
+call's latency at batch 1).
 
 The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
 ``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts), or ``sampler: ddim`` with
@@ -64,7 +66,7 @@ class ConsistencyDistillationConfig:
     skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
     objective: str = "consistency"  # or "trajectory" / "progressive" (module docstring)
-    student_blocks_per_level: int | None = None  # None: the teacher's; fewer: a block-removed, cheaper student
+    student_blocks_per_level: int | list[int] | None = None  # None: the teacher's; fewer: a block-removed student
 
     def __post_init__(self) -> None:
         problems = []
@@ -75,10 +77,13 @@ class ConsistencyDistillationConfig:
             problems.append(f"distillation.skip_steps must be an integer ≥ 1, got {self.skip_steps!r}")
         if not (isinstance(self.num_inference_steps, int) and self.num_inference_steps >= 1):
             problems.append(f"distillation.num_inference_steps must be an integer ≥ 1, got {self.num_inference_steps!r}")
-        if self.student_blocks_per_level is not None and not (
-                isinstance(self.student_blocks_per_level, int) and self.student_blocks_per_level >= 1):
-            problems.append(f"distillation.student_blocks_per_level must be null or an integer ≥ 1, "
-                            f"got {self.student_blocks_per_level!r}")
+        blocks = self.student_blocks_per_level
+        if isinstance(blocks, (list, tuple)):
+            self.student_blocks_per_level = blocks = list(blocks)
+        if blocks is not None and not (isinstance(blocks, int) and blocks >= 1) and not (
+                isinstance(blocks, list) and blocks and all(isinstance(b, int) and b >= 0 for b in blocks)):
+            problems.append(f"distillation.student_blocks_per_level must be null, an integer ≥ 1 or a list of counts "
+                            f"per stage (down levels, middle, up levels; e.g. [2, 2, 1, 0, 2, 2]), got {blocks!r}")
         if self.objective not in OBJECTIVES:
             problems.append(f"distillation.objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if problems:

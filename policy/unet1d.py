@@ -6,7 +6,8 @@ Each residual block computes
     h = Mish(GN(Conv(x)));  h = γ(c) ⊙ h + β(c);  h = Mish(GN(Conv(h)));  out = h + Conv1x1(x)
 
 with c = [MLP(sinusoid(k)), global_cond] (Perez et al. 2018, FiLM). Each level holds
-``blocks_per_level`` residual blocks (2 in the paper; 1 for a cheaper distilled student), as does the middle.
+``blocks_per_level`` residual blocks (2 in the paper; fewer for a cheaper distilled student), as does the middle;
+a sequence gives one count per stage instead (``stage_block_counts``).
 The down path halves T at each level with a stride-2 conv (16 → 8 → 4 for three levels), the up path
 concatenates skips and doubles T with a transposed conv.
 """
@@ -16,6 +17,26 @@ import torch
 from torch import nn
 
 from dpstack.diffusion.embedding import SinusoidalStepEmbedding
+
+
+def stage_block_counts(blocks_per_level: int | tuple[int, ...], n_levels: int) -> tuple[list[int], int, list[int]]:
+    """Residual blocks per stage: (down levels, middle, up levels). An int b gives b everywhere; a sequence gives
+    2·n_levels counts in forward order, e.g. (2, 2, 1, 0, 2, 2) for three levels: the deepest level's second block
+    and both middle blocks removed. A level's first block changes the width, so down and up counts are ≥ 1;
+    the middle may be empty."""
+    if isinstance(blocks_per_level, int) and not isinstance(blocks_per_level, bool):
+        if blocks_per_level < 1:
+            raise ValueError(f"blocks_per_level must be ≥ 1, got {blocks_per_level}")
+        return [blocks_per_level] * n_levels, blocks_per_level, [blocks_per_level] * (n_levels - 1)
+    counts = list(blocks_per_level) if isinstance(blocks_per_level, (list, tuple)) else []
+    if len(counts) != 2 * n_levels or not all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        raise ValueError(f"blocks_per_level must be an integer or {2 * n_levels} integers (down levels, middle, "
+                         f"up levels) for {n_levels} levels, got {blocks_per_level!r}")
+    down, mid, up = counts[:n_levels], counts[n_levels], counts[n_levels + 1:]
+    if min(down + up) < 1 or mid < 0:
+        raise ValueError(f"blocks_per_level {blocks_per_level!r}: every down and up level needs ≥ 1 block "
+                         "(its first changes the width) and the middle ≥ 0")
+    return down, mid, up
 
 
 class ConvBlock(nn.Sequential):
@@ -56,12 +77,11 @@ class ConditionalUnet1D(nn.Module):
         kernel_size: int = 5,
         n_groups: int = 8,
         diffusion_step_embed_dim: int = 256,
-        blocks_per_level: int = 2,
+        blocks_per_level: int | tuple[int, ...] = 2,
     ) -> None:
         super().__init__()
-        if blocks_per_level < 1:
-            raise ValueError(f"blocks_per_level must be ≥ 1, got {blocks_per_level}")
         down_dims = tuple(down_dims)
+        down_counts, mid_count, up_counts = stage_block_counts(blocks_per_level, len(down_dims))
         self.step_encoder = nn.Sequential(
             SinusoidalStepEmbedding(diffusion_step_embed_dim),
             nn.Linear(diffusion_step_embed_dim, 4 * diffusion_step_embed_dim),
@@ -77,14 +97,14 @@ class ConditionalUnet1D(nn.Module):
         for level, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
             is_last = level == n_levels - 1
             self.down.append(nn.ModuleList([
-                block(cin, cout), *(block(cout, cout) for _ in range(blocks_per_level - 1)),
+                block(cin, cout), *(block(cout, cout) for _ in range(down_counts[level] - 1)),
                 nn.Conv1d(cout, cout, 3, stride=2, padding=1) if not is_last else nn.Identity(),
             ]))
-        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]) for _ in range(blocks_per_level)])
+        self.mid = nn.ModuleList([block(down_dims[-1], down_dims[-1]) for _ in range(mid_count)])
         self.up = nn.ModuleList()
-        for cout, cin in zip(reversed(down_dims[:-1]), reversed(down_dims[1:])):
+        for level, (cout, cin) in enumerate(zip(reversed(down_dims[:-1]), reversed(down_dims[1:]))):
             self.up.append(nn.ModuleList([
-                block(2 * cin, cout), *(block(cout, cout) for _ in range(blocks_per_level - 1)),
+                block(2 * cin, cout), *(block(cout, cout) for _ in range(up_counts[level] - 1)),
                 nn.ConvTranspose1d(cout, cout, 4, stride=2, padding=1),
             ]))
         self.head = nn.Sequential(ConvBlock(down_dims[0], down_dims[0], kernel_size, n_groups),
@@ -93,15 +113,20 @@ class ConditionalUnet1D(nn.Module):
 
     def init_from_deeper(self, deeper: "ConditionalUnet1D") -> None:
         """Block-removed initialisation (Kim et al. 2024, BK-SDM): copy ``deeper``'s weights, keeping the first
-        ``blocks_per_level`` residual blocks of every level and of the middle. Widths must match."""
-        if len(self.mid) > len(deeper.mid) or len(self.down) != len(deeper.down):
-            raise ValueError(f"cannot initialise {len(self.down)} levels × {len(self.mid)} blocks from "
-                             f"{len(deeper.down)} levels × {len(deeper.mid)} blocks")
+        residual blocks of every stage (as many as this net has there). Widths must match."""
+        mine, theirs = self.stage_block_counts(), deeper.stage_block_counts()
+        if len(mine[0]) != len(theirs[0]) or any(m > t for m, t in zip(_flat(mine), _flat(theirs))):
+            raise ValueError(f"cannot initialise blocks per stage {_flat(mine)} from a net with {_flat(theirs)}: "
+                             "every stage needs at least as many blocks in the deeper net")
         pairs = [(self.step_encoder, deeper.step_encoder), (self.head, deeper.head), *zip(self.mid, deeper.mid)]
         for mine, theirs in zip([*self.down, *self.up], [*deeper.down, *deeper.up]):
             pairs += [*zip(mine[:-1], theirs[:-1]), (mine[-1], theirs[-1])]
         for module, source in pairs:
             module.load_state_dict(source.state_dict())
+
+    def stage_block_counts(self) -> tuple[list[int], int, list[int]]:
+        """Residual blocks per stage, as ``stage_block_counts`` reads ``blocks_per_level``."""
+        return [len(level) - 1 for level in self.down], len(self.mid), [len(level) - 1 for level in self.up]
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, global_cond: torch.Tensor) -> torch.Tensor:
         batch, horizon, _ = sample.shape
@@ -126,3 +151,8 @@ class ConditionalUnet1D(nn.Module):
                 x = block(x, cond)
             x = upsample(x)
         return self.head(x).transpose(1, 2)
+
+
+def _flat(counts: tuple[list[int], int, list[int]]) -> list[int]:
+    down, mid, up = counts
+    return [*down, mid, *up]

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 DEFAULT_RECIPE = "policy"
 
@@ -144,8 +144,9 @@ class ConsistencyDistillationRecipe(PolicyRecipe):
         if teacher.config.obs_type != self.cfg.task.obs_type:
             raise ValueError(f"the teacher {settings.teacher_checkpoint} observes {teacher.config.obs_type}, "
                              f"task.obs_type is {self.cfg.task.obs_type}: choose the teacher's task")
-        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective,
-                                  settings.get("student_blocks_per_level"))
+        blocks = settings.get("student_blocks_per_level")
+        blocks = OmegaConf.to_container(blocks) if isinstance(blocks, ListConfig) else blocks
+        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective, blocks)
 
 
 class MNISTRecipe:
