@@ -241,6 +241,10 @@ def test_the_recipe_builds_the_configured_objective(checkpoint):
         checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=4",
         "distillation.student_blocks_per_level=1")).build_model(None)
     assert student.config.blocks_per_level == 1 and student.inference_scheduler.timesteps.tolist() == [90, 65, 40, 15]
+    student = ConsistencyDistillationRecipe(distillation_config(
+        checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=4",
+        "distillation.student_blocks_per_level=[2,2,1,0,2,2]")).build_model(None)
+    assert student.config.blocks_per_level == (2, 2, 1, 0, 2, 2) and len(student.model.mid) == 0
 
 
 def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
@@ -250,8 +254,10 @@ def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
         distillation_config(checkpoint, "distillation.skip_steps=0")
     with pytest.raises(ConfigError, match="objective must be one of"):
         distillation_config(checkpoint, "distillation.objective=adversarial")
-    with pytest.raises(ConfigError, match="student_blocks_per_level must be null or an integer ≥ 1"):
+    with pytest.raises(ConfigError, match="student_blocks_per_level must be null, an integer ≥ 1 or a list"):
         distillation_config(checkpoint, "distillation.student_blocks_per_level=0")
+    with pytest.raises(ConfigError, match=r"student_blocks_per_level .* e.g. \[2, 2, 1, 0, 2, 2\]"):
+        distillation_config(checkpoint, "distillation.student_blocks_per_level=[2,-1]")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
 

@@ -52,6 +52,53 @@ def test_one_block_per_level_halves_the_blocks_and_copies_the_first_ones():
         DiffusionPolicyConfig(**(TINY | dict(blocks_per_level=0)))
 
 
+
+def test_per_stage_block_counts_remove_chosen_blocks_and_match_the_teacher_with_them_skipped():
+    """[2, 2, 1, 0, 2, 2] (down levels, middle, up levels): the deepest level's second block and both middle blocks
+    removed. Block-removed from the full net, it computes exactly the full net with those blocks skipped."""
+    kwargs = dict(action_dim=2, global_cond_dim=40, down_dims=(16, 32, 64), diffusion_step_embed_dim=16)
+    deep = ConditionalUnet1D(**kwargs)
+    pruned = ConditionalUnet1D(**kwargs, blocks_per_level=(2, 2, 1, 0, 2, 2))
+    assert pruned.stage_block_counts() == ([2, 2, 1], 0, [2, 2]) and len(pruned.mid) == 0
+    pruned.init_from_deeper(deep)
+
+    class Skip(torch.nn.Module):
+        def forward(self, x, cond):
+            return x
+
+    deep.down[2][1] = Skip()
+    deep.mid = torch.nn.ModuleList([Skip(), Skip()])
+    x, cond = torch.randn(3, 16, 2), torch.randn(3, 40)
+    torch.testing.assert_close(pruned(x, torch.tensor([0, 40, 90]), cond), deep(x, torch.tensor([0, 40, 90]), cond))
+    with pytest.raises(ValueError, match=r"cannot initialise blocks per stage \[2, 2, 2, 2, 2, 2\]"):
+        ConditionalUnet1D(**kwargs).init_from_deeper(pruned)
+
+
+@pytest.mark.parametrize("counts, problem", [((2, 2, 1, 0, 2), "an integer or 6 integers"),
+                                             ((2, 0, 2, 2, 2, 2), "every down and up level needs ≥ 1 block"),
+                                             ((2, 2, 2, -1, 2, 2), "the middle ≥ 0"),
+                                             ("2", "an integer or 6 integers")])
+def test_bad_block_counts_name_the_rule(counts, problem):
+    with pytest.raises(ValueError, match=problem):
+        DiffusionPolicyConfig(**(TINY | dict(blocks_per_level=counts)))
+
+
+def test_per_stage_block_counts_survive_a_checkpoint(tmp_path):
+    from dpstack.policy.checkpoint import load_policy, save_checkpoint
+
+    policy = tiny_policy(blocks_per_level=[2, 2, 1, 0, 2, 2])  # a list, as YAML gives it
+    assert policy.config.blocks_per_level == (2, 2, 1, 0, 2, 2)
+    assert policy.config.to_dict()["blocks_per_level"] == [2, 2, 1, 0, 2, 2]
+    save_checkpoint({"config": {"recipe": "policy"}, "policy_config": policy.config.to_dict(),
+                     "state_dicts": {"model": policy.state_dict()}}, tmp_path / "pruned.ckpt")
+    loaded = load_policy(tmp_path / "pruned.ckpt")
+    assert loaded.config == policy.config and len(loaded.model.mid) == 0
+    obs = {"obs": torch.rand(1, 2, 20) * 512}
+    torch.manual_seed(1)
+    expected = policy.eval().predict_action(obs)["action"]
+    torch.manual_seed(1)
+    torch.testing.assert_close(loaded.eval().predict_action(obs)["action"], expected)
+
 def test_paper_lowdim_unet_size():
     net = ConditionalUnet1D(action_dim=2, global_cond_dim=40, down_dims=(256, 512, 1024), diffusion_step_embed_dim=256)
     n_params = sum(p.numel() for p in net.parameters())
