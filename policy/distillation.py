@@ -28,6 +28,11 @@ and sampling is the student's own deterministic DDIM chain, which hands each sta
 (no re-noising, unlike the consistency sampler). Its timesteps are the leading grid shifted to start at K − k
 (DDIM-4: 90, 65, 40, 15); where one is off the teacher's grid, the teacher's solve shortens its last step to land on it.
 
+``objective: imitation`` is output-level knowledge distillation (Kim et al. 2024, BK-SDM) for a cheaper student on
+that same DDIM chain: each call reproduces the teacher's own call at the same state, L = ‖ε_θ(A^t, t, c) −
+ε_teacher(A^t, t, c)‖² at the student's timesteps, so the student learns the teacher's DDIM-n (whose teacher
+is a zero-loss solution) rather than a new, coarser map.
+
 ``student_blocks_per_level`` makes the student a cheaper U-Net initialised by block removal from the teacher
 (Kim et al. 2024, BK-SDM; ``ConditionalUnet1D.init_from_deeper``): more calls for the same latency. 1: one residual
 block per level and in the middle instead of two; per stage, e.g. [2, 2, 1, 0, 2, 2]: only the deepest level's
@@ -36,7 +41,7 @@ call's latency at batch 1).
 
 The student starts from the teacher's weights and is an ordinary ``DiffusionUnetPolicy`` whose config says
 ``sampler: consistency`` (from timestep K − k, where the teacher's DDIM chain starts), or ``sampler: ddim`` with
-a ``ddim_steps_offset`` for the progressive objective: its checkpoint loads
+a ``ddim_steps_offset`` for the progressive and imitation objectives: its checkpoint loads
 with ``load_policy`` into eval.py, the benchmarks and the robot node like any other policy.
 ``python train.py --config-name=pusht_lowdim_consistency`` runs it through the training workspace (recipe
 ``consistency_distillation``).
@@ -55,7 +60,8 @@ from dpstack.diffusion.gaussian import predict_x0, q_sample
 from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnetPolicy
 
 
-OBJECTIVES = ("consistency", "trajectory", "progressive")
+OBJECTIVES = ("consistency", "trajectory", "progressive", "imitation")
+DDIM_STUDENTS = ("progressive", "imitation")  # objectives whose student samples with the DDIM chain
 
 
 @dataclass
@@ -65,7 +71,7 @@ class ConsistencyDistillationConfig:
     teacher_checkpoint: str = "pretrained/pusht_lowdim.ckpt"  # a policy checkpoint (EMA weights are used)
     skip_steps: int = 10           # k: one teacher DDIM step spans k training timesteps (DDIM-10 over K = 100)
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
-    objective: str = "consistency"  # or "trajectory" / "progressive" (module docstring)
+    objective: str = "consistency"  # or "trajectory" / "progressive" / "imitation" (module docstring)
     student_blocks_per_level: int | list[int] | None = None  # None: the teacher's; fewer: a block-removed student
 
     def __post_init__(self) -> None:
@@ -119,7 +125,7 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         if teacher.config.sampler == "consistency":
             raise ValueError("the teacher is itself a consistency policy; distil from a diffusion policy")
         max_timestep = teacher.config.num_train_timesteps - skip_steps
-        if objective == "progressive":
+        if objective in DDIM_STUDENTS:
             sampling = student_ddim_chain(teacher.config.num_train_timesteps, skip_steps, num_inference_steps)
         else:
             sampling = dict(sampler="consistency", num_inference_steps=num_inference_steps,
@@ -203,7 +209,7 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             cond, teacher_cond = cond + cond_noise, teacher_cond + cond_noise
         actions = self.normalizer["action"].normalize(batch["action"])
         noise = torch.randn(actions.shape, generator=generator, device=actions.device)
-        if self.objective in ("trajectory", "progressive"):
+        if self.objective in ("trajectory", *DDIM_STUDENTS):
             chain = self.inference_scheduler.timesteps.to(actions.device)
             index = torch.randint(0, len(chain), (actions.shape[0],), generator=generator, device=actions.device)
             t = chain[index]
@@ -211,6 +217,10 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             x_t = torch.where(starts, noise, q_sample(self.noise_scheduler.schedule, actions, t, noise))
             if self.objective == "trajectory":
                 return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
+            if self.objective == "imitation":
+                with torch.no_grad():
+                    target = self.teacher.model(x_t, t, teacher_cond)
+                return F.mse_loss(self.model(x_t, t, cond), target)
             s = torch.cat([chain[1:], chain.new_full((1,), -1)])[index]
             x0 = predict_x0(self.noise_scheduler.schedule, self.model(x_t, t, cond), x_t, t, self.config.prediction_type)
             return F.mse_loss(x0, self._progressive_target(x_t, t, s, teacher_cond))

@@ -188,6 +188,32 @@ def test_distillation_lowers_its_loss(objective, steps):
     assert held_out_loss() < 0.5 * start
 
 
+def test_imitation_is_zero_for_the_teachers_own_net_and_trains_a_pruned_student_towards_it():
+    """objective imitation: L = ‖ε_θ − ε_teacher‖² at the student's DDIM timesteps (90, 65, 40, 15): exactly 0 for the
+    teacher's weights; a block-removed student starts above 0 and its loss falls."""
+    teacher = tiny_teacher().eval()
+    batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
+    same = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="imitation")
+    assert same.config.sampler == "ddim" and same.inference_scheduler.timesteps.tolist() == [90, 65, 40, 15]
+    assert same.compute_loss(batch, torch.Generator().manual_seed(0)).item() == 0.0
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="imitation",
+                                 blocks_per_level=[2, 2, 1, 0, 2, 2])
+
+    def held_out_loss():
+        with torch.no_grad():
+            return float(np.mean([student.compute_loss(batch, torch.Generator().manual_seed(1000 + i))
+                                  for i in range(8)]))
+
+    start = held_out_loss()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-4)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        optimizer.zero_grad()
+        student.compute_loss(batch, generator).backward()
+        optimizer.step()
+    assert 0 < held_out_loss() < 0.5 * start
+
+
 @pytest.mark.parametrize("objective", ["consistency", "progressive"])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_distilled_chunk_costs_n_network_calls(steps, objective):
