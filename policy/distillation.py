@@ -31,7 +31,10 @@ and sampling is the student's own deterministic DDIM chain, which hands each sta
 ``objective: imitation`` is output-level knowledge distillation (Kim et al. 2024, BK-SDM) for a cheaper student on
 that same DDIM chain: each call reproduces the teacher's own call at the same state, L = ‖ε_θ(A^t, t, c) −
 ε_teacher(A^t, t, c)‖² at the student's timesteps, so the student learns the teacher's DDIM-n (whose teacher
-is a zero-loss solution) rather than a new, coarser map.
+is a zero-loss solution) rather than a new, coarser map. ``imitation_states`` says where A^t comes from: ``noised``,
+as above, or ``student_chain``, the states the student's own sampler visits (on-policy distillation, as DAgger and
+GKD, Agarwal et al. 2024): A^{t_i} = DDIM_θ(ε, t_0 → t_1 → … → t_i) without gradient, so each call learns the
+teacher's ε where its own earlier calls leave it.
 
 ``student_blocks_per_level`` makes the student a cheaper U-Net initialised by block removal from the teacher
 (Kim et al. 2024, BK-SDM; ``ConditionalUnet1D.init_from_deeper``): more calls for the same latency. 1: one residual
@@ -62,6 +65,7 @@ from dpstack.policy.diffusion_policy import DiffusionPolicyConfig, DiffusionUnet
 
 OBJECTIVES = ("consistency", "trajectory", "progressive", "imitation")
 DDIM_STUDENTS = ("progressive", "imitation")  # objectives whose student samples with the DDIM chain
+IMITATION_STATES = ("noised", "student_chain")
 
 
 @dataclass
@@ -73,6 +77,7 @@ class ConsistencyDistillationConfig:
     num_inference_steps: int = 2   # the student's sampling steps (U-Net calls per chunk), written into its config
     objective: str = "consistency"  # or "trajectory" / "progressive" / "imitation" (module docstring)
     student_blocks_per_level: int | list[int] | None = None  # None: the teacher's; fewer: a block-removed student
+    imitation_states: str = "noised"  # objective imitation: "noised" demonstrations or "student_chain" (docstring)
 
     def __post_init__(self) -> None:
         problems = []
@@ -92,6 +97,11 @@ class ConsistencyDistillationConfig:
                             f"per stage (down levels, middle, up levels; e.g. [2, 2, 1, 0, 2, 2]), got {blocks!r}")
         if self.objective not in OBJECTIVES:
             problems.append(f"distillation.objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.imitation_states not in IMITATION_STATES:
+            problems.append(f"distillation.imitation_states must be one of {IMITATION_STATES}, got {self.imitation_states!r}")
+        elif self.imitation_states != "noised" and self.objective != "imitation":
+            problems.append(f"distillation.imitation_states={self.imitation_states} needs distillation.objective=imitation "
+                            f"(got {self.objective}); leave it at noised for other objectives")
         if problems:
             raise ValueError("invalid distillation config: " + "; ".join(problems))
 
@@ -119,9 +129,13 @@ class ConsistencyStudent(DiffusionUnetPolicy):
     and state dict: checkpoints hold the student only)."""
 
     def __init__(self, teacher: DiffusionUnetPolicy, skip_steps: int, num_inference_steps: int,
-                 objective: str = "consistency", blocks_per_level: int | None = None) -> None:
+                 objective: str = "consistency", blocks_per_level: int | None = None,
+                 imitation_states: str = "noised") -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        if imitation_states not in IMITATION_STATES or (imitation_states != "noised" and objective != "imitation"):
+            raise ValueError(f"imitation_states must be one of {IMITATION_STATES} ('noised' unless the objective is "
+                             f"imitation), got {imitation_states!r} with objective {objective!r}")
         if teacher.config.sampler == "consistency":
             raise ValueError("the teacher is itself a consistency policy; distil from a diffusion policy")
         max_timestep = teacher.config.num_train_timesteps - skip_steps
@@ -142,7 +156,7 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             if unexpected or any(not name.startswith("model.") for name in missing):
                 raise ValueError(f"the teacher's state does not fit the student: missing {missing}, unexpected {unexpected}")
             self.model.init_from_deeper(teacher.model)
-        self.skip_steps, self.objective = skip_steps, objective
+        self.skip_steps, self.objective, self.imitation_states = skip_steps, objective, imitation_states
         object.__setattr__(self, "teacher", teacher.eval().requires_grad_(False))
 
     def _apply(self, fn, *args, **kwargs):
@@ -187,6 +201,19 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             done = done | (t <= until)
         return x
 
+    @torch.no_grad()
+    def _student_chain_states(self, noise: torch.Tensor, index: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """A^{t_i} = DDIM_θ(ε, t_0 → … → t_i) for each sample's chain index i: the student's own deterministic
+        steps (x̂_0 clipped as its sampler does), without gradient."""
+        chain = self.inference_scheduler.timesteps.to(noise.device)
+        x = noise.clone()
+        for step in range(int(index.max())):
+            active = index > step
+            t, s = chain[step].expand(int(active.sum())), chain[step + 1].expand(int(active.sum()))
+            x[active] = ddim_jump(self.noise_scheduler.schedule, self.model(x[active], t, cond[active]), x[active], t, s,
+                                  self.config.prediction_type, self.config.clip_sample)
+        return x
+
     def _progressive_target(self, x_t: torch.Tensor, t: torch.Tensor, s: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """x̃_0 = (x_s − (σ_s/σ_t) x_t) / (α_s − (σ_s/σ_t) α_t) for the teacher's x_s (s = −1: its final x̂_0)."""
         schedule = self.noise_scheduler.schedule
@@ -218,6 +245,8 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             if self.objective == "trajectory":
                 return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
             if self.objective == "imitation":
+                if self.imitation_states == "student_chain":
+                    x_t = self._student_chain_states(noise, index, cond)
                 with torch.no_grad():
                     target = self.teacher.model(x_t, t, teacher_cond)
                 return F.mse_loss(self.model(x_t, t, cond), target)

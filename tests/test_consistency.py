@@ -207,6 +207,34 @@ def test_imitation_is_zero_for_the_teachers_own_net_and_trains_a_pruned_student_
     assert 0 < end < 0.5 * start
 
 
+def test_student_chain_states_are_where_its_own_sampler_calls_the_net():
+    """imitation_states student_chain: A^{t_i} = DDIM_θ(ε, t_0 → … → t_i), the very inputs of the sampler's i-th call;
+    the teacher's own net still imitates itself exactly, and a pruned student's loss falls."""
+    teacher = tiny_teacher(clip_sample=True).eval()
+    student = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="imitation",
+                                 blocks_per_level=[2, 2, 1, 0, 2, 2], imitation_states="student_chain").eval()
+    calls = []
+    student.model.register_forward_hook(lambda module, inputs, output: calls.append(inputs))
+    with torch.no_grad():
+        student.predict_action({"obs": torch.rand(5, 2, 20) * 512}, torch.Generator().manual_seed(0))
+    noise, _, cond = calls[0]
+    for i, (x_i, t_i, _) in enumerate(list(calls)):
+        states = student._student_chain_states(noise, torch.full((5,), i), cond)
+        assert int(t_i) == [90, 65, 40, 15][i] and torch.allclose(states, x_i, atol=1e-6)
+    mixed = student._student_chain_states(noise, torch.tensor([0, 3, 1, 2, 0]), cond)  # per-sample chain depths
+    assert all(torch.allclose(mixed[k], calls[i][0][k], atol=1e-6) for k, i in enumerate([0, 3, 1, 2, 0]))
+    batch = {"obs": torch.rand(32, 16, 20) * 512, "action": torch.rand(32, 16, 2) * 512}
+    same = ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=4, objective="imitation",
+                              imitation_states="student_chain")
+    assert same.compute_loss(batch, torch.Generator().manual_seed(0)).item() == 0.0
+    student.train()
+    start, end = loss_before_and_after_training(student, batch, lr=3e-4, steps=100)
+    assert 0 < end < 0.5 * start
+    with pytest.raises(ValueError, match="imitation_states must be one of"):
+        ConsistencyStudent(teacher, skip_steps=10, num_inference_steps=2, objective="progressive",
+                           imitation_states="student_chain")
+
+
 @pytest.mark.parametrize("objective", ["consistency", "progressive"])
 @pytest.mark.parametrize("steps", [1, 2])
 def test_a_distilled_chunk_costs_n_network_calls(steps, objective):
@@ -264,6 +292,10 @@ def test_the_recipe_builds_the_configured_objective(checkpoint):
         checkpoint, "distillation.objective=progressive", "distillation.num_inference_steps=4",
         "distillation.student_blocks_per_level=[2,2,1,0,2,2]")).build_model(None)
     assert student.config.blocks_per_level == (2, 2, 1, 0, 2, 2) and len(student.model.mid) == 0
+    student = ConsistencyDistillationRecipe(distillation_config(
+        checkpoint, "distillation.objective=imitation", "distillation.num_inference_steps=4",
+        "distillation.imitation_states=student_chain")).build_model(None)
+    assert student.objective == "imitation" and student.imitation_states == "student_chain"
 
 
 def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
@@ -277,6 +309,10 @@ def test_bad_distillation_configs_name_the_fix(tmp_path, checkpoint):
         distillation_config(checkpoint, "distillation.student_blocks_per_level=0")
     with pytest.raises(ConfigError, match=r"student_blocks_per_level .* e.g. \[2, 2, 1, 0, 2, 2\]"):
         distillation_config(checkpoint, "distillation.student_blocks_per_level=[2,-1]")
+    with pytest.raises(ConfigError, match="imitation_states=student_chain needs distillation.objective=imitation"):
+        distillation_config(checkpoint, "distillation.imitation_states=student_chain")
+    with pytest.raises(ConfigError, match="imitation_states must be one of"):
+        distillation_config(checkpoint, "distillation.objective=imitation", "distillation.imitation_states=teacher")
     with pytest.raises(ConfigError, match="did you mean distillation.skip_steps"):
         distillation_config(checkpoint, "+distillation.skip_step=5")
 

@@ -146,7 +146,8 @@ class ConsistencyDistillationRecipe(PolicyRecipe):
                              f"task.obs_type is {self.cfg.task.obs_type}: choose the teacher's task")
         blocks = settings.get("student_blocks_per_level")
         blocks = OmegaConf.to_container(blocks) if isinstance(blocks, ListConfig) else blocks
-        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective, blocks)
+        return ConsistencyStudent(teacher, settings.skip_steps, settings.num_inference_steps, settings.objective, blocks,
+                                  settings.get("imitation_states", "noised"))
 
 
 class MNISTRecipe:
