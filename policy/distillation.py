@@ -209,8 +209,9 @@ class ConsistencyStudent(DiffusionUnetPolicy):
         x = noise.clone()
         for step in range(int(index.max())):
             active = index > step
-            t, s = chain[step].expand(int(active.sum())), chain[step + 1].expand(int(active.sum()))
-            x[active] = ddim_jump(self.noise_scheduler.schedule, self.model(x[active], t, cond[active]), x[active], t, s,
+            x_active, count = x[active], int(active.sum())
+            t, s = chain[step].expand(count), chain[step + 1].expand(count)
+            x[active] = ddim_jump(self.noise_scheduler.schedule, self.model(x_active, t, cond[active]), x_active, t, s,
                                   self.config.prediction_type, self.config.clip_sample)
         return x
 
@@ -240,13 +241,14 @@ class ConsistencyStudent(DiffusionUnetPolicy):
             chain = self.inference_scheduler.timesteps.to(actions.device)
             index = torch.randint(0, len(chain), (actions.shape[0],), generator=generator, device=actions.device)
             t = chain[index]
-            starts = (index == 0).reshape(-1, 1, 1)
-            x_t = torch.where(starts, noise, q_sample(self.noise_scheduler.schedule, actions, t, noise))
+            if self.imitation_states == "student_chain":
+                x_t = self._student_chain_states(noise, index, cond)
+            else:
+                starts = (index == 0).reshape(-1, 1, 1)
+                x_t = torch.where(starts, noise, q_sample(self.noise_scheduler.schedule, actions, t, noise))
             if self.objective == "trajectory":
                 return F.mse_loss(self._consistency(x_t, t, cond), self._teacher_solve(x_t, t, teacher_cond))
             if self.objective == "imitation":
-                if self.imitation_states == "student_chain":
-                    x_t = self._student_chain_states(noise, index, cond)
                 with torch.no_grad():
                     target = self.teacher.model(x_t, t, teacher_cond)
                 return F.mse_loss(self.model(x_t, t, cond), target)
