@@ -235,19 +235,27 @@ class PushTImageDataset(_PushTWindowDataset):
     ``mirror=True`` appends every demonstration reflected across the goal T's axis (images anti-transposed).
     ``n_obs_steps=k`` gathers ``obs`` for the first k steps of each window only, the ones a policy with
     ``n_obs_steps=k`` conditions on (``obs`` is then (k, ...); training passes it, 8x fewer images for k = 2).
+    ``keypoint_targets=True`` adds ``"aux_keypoints": (T, 18)``, the block's 9 keypoints per step (the low-dim
+    observation less the agent), as targets of a training-only loss (``policy.aux_keypoint_weight``).
     """
 
     def __init__(self, zarr_path: str | os.PathLike | None = None, horizon: int = 16, pad_before: int = 1,
                  pad_after: int = 7, seed: int = 42, val_ratio: float = 0.02, max_train_episodes: int | None = 90,
-                 mirror: bool = False, n_obs_steps: int | None = None):
+                 mirror: bool = False, n_obs_steps: int | None = None, keypoint_targets: bool = False):
         buffer = ReplayBuffer.load(resolve_pusht_path(zarr_path), keys=["img", "state", "action"],
                                    dtypes={"img": np.uint8})
         channels_first = torch.from_numpy(buffer["img"]).permute(0, 3, 1, 2).contiguous().numpy()
         arrays = {"image": channels_first,
                   "agent_pos": np.ascontiguousarray(buffer["state"][:, :2], dtype=np.float32),
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
-        mirrored = mirrored_image_steps(channels_first, buffer["state"], buffer["action"]) if mirror else None
-        first_steps = None if n_obs_steps is None else {"image": n_obs_steps, "agent_pos": n_obs_steps}
+        if keypoint_targets:
+            arrays["aux_keypoints"] = lowdim_steps(buffer["state"], buffer["action"])["obs"][:, :18]
+        mirrored = None
+        if mirror:
+            mirrored = mirrored_image_steps(channels_first, buffer["state"], buffer["action"])
+            if keypoint_targets:
+                mirrored["aux_keypoints"] = mirrored_lowdim_steps(buffer["state"], buffer["action"])["obs"][:, :18]
+        first_steps = None if n_obs_steps is None else {key: n_obs_steps for key in arrays if key != "action"}
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
                          max_train_episodes, mirrored, first_steps)
 
@@ -258,13 +266,17 @@ class PushTImageDataset(_PushTWindowDataset):
             image = torch.from_numpy(np.multiply(image.numpy(), IMAGE_SCALE, dtype=np.float32))
         else:
             image = image.to(device, non_blocking=True).to(torch.float32).mul_(float(IMAGE_SCALE))
-        return {"obs": {"image": image, "agent_pos": _to(raw["agent_pos"], device)},
-                "action": _to(raw["action"], device)}
+        batch = {"obs": {"image": image, "agent_pos": _to(raw["agent_pos"], device)},
+                 "action": _to(raw["action"], device)}
+        if "aux_keypoints" in raw:
+            batch["aux_keypoints"] = _to(raw["aux_keypoints"], device)
+        return batch
 
     def get_normalizer(self, mode: str = "limits") -> LinearNormalizer:
-        """Normalizer for ``agent_pos`` and ``action`` (fitted on all steps) and the fixed [0,1]→[-1,1] ``image`` map."""
+        """Normalizer for ``agent_pos``, ``action`` and ``aux_keypoints`` if present (fitted on all steps) and the
+        fixed [0,1]→[-1,1] ``image`` map."""
         normalizer = LinearNormalizer().fit(
-            {"agent_pos": self.arrays["agent_pos"], "action": self.arrays["action"]}, mode=mode)
+            {key: value for key, value in self.arrays.items() if key != "image"}, mode=mode)
         normalizer["image"] = unit_range_to_symmetric()
         return normalizer
 

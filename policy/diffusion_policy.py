@@ -56,6 +56,8 @@ class DiffusionPolicyConfig:
     consistency_max_timestep: int | None = None  # sampler consistency: the noisiest timestep (None: K − 1)
     ddim_steps_offset: int = 0  # sampler ddim: shift the chain up, e.g. 40 → DDIM-2 at t = 90, 40 (a progressive student)
     image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
+    aux_keypoint_weight: float = 0.0  # image policies: λ of the training-only keypoint loss (compute_loss); 0 = off
+    aux_keypoint_dim: int = 18  # values it predicts per observation step (Push-T: the block's 9 keypoints, x and y)
 
     def __post_init__(self) -> None:
         self.down_dims = tuple(int(d) for d in self.down_dims)
@@ -66,6 +68,12 @@ class DiffusionPolicyConfig:
             problems.append(f"obs_type must be one of {OBS_TYPES}, got {self.obs_type!r}")
         if not 0.0 <= self.cond_noise_std < float("inf"):
             problems.append(f"cond_noise_std must be a finite number ≥ 0, got {self.cond_noise_std!r}")
+        if not 0.0 <= self.aux_keypoint_weight < float("inf"):
+            problems.append(f"aux_keypoint_weight must be a finite number ≥ 0, got {self.aux_keypoint_weight!r}")
+        if self.aux_keypoint_weight > 0 and self.obs_type != "image":
+            problems.append("aux_keypoint_weight > 0 needs obs_type image (a low-dim policy already sees the keypoints)")
+        if self.aux_keypoint_dim < 1:
+            problems.append(f"aux_keypoint_dim must be ≥ 1, got {self.aux_keypoint_dim}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
@@ -139,6 +147,9 @@ class DiffusionUnetPolicy(nn.Module):
             diffusion_step_embed_dim=config.diffusion_step_embed_dim,
             blocks_per_level=config.blocks_per_level,
         )
+        self.aux_keypoint_head = None
+        if config.aux_keypoint_weight > 0:  # training-only: the image feature → the block's keypoints
+            self.aux_keypoint_head = nn.Linear(self.obs_encoder.image_feature_dim, config.aux_keypoint_dim)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=config.num_train_timesteps, beta_schedule=config.beta_schedule,
             variance_type="fixed_small", clip_sample=config.clip_sample, prediction_type=config.prediction_type)
@@ -187,22 +198,39 @@ class DiffusionUnetPolicy(nn.Module):
         return self
 
     # --- conditioning ------------------------------------------------------------------
-    def _global_condition(self, obs) -> torch.Tensor:
-        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): the first n_obs_steps steps, normalised, each encoded by the
-        shared encoder (only those steps are normalised, not the whole horizon)."""
+    def _step_features(self, obs) -> torch.Tensor:
+        """enc(o_s) for the first n_obs_steps steps, normalised (only those steps, not the whole horizon),
+        each encoded by the shared encoder: (B · n_obs_steps, encoder output_dim)."""
         steps = self.config.n_obs_steps
         obs = obs if isinstance(obs, dict) else {"obs": obs}
         obs = self.normalizer.normalize({k: v[:, :steps] for k, v in obs.items()})
         batch = next(iter(obs.values())).shape[0]
-        flat = {k: v.reshape(batch * steps, *v.shape[2:]) for k, v in obs.items()}
-        return self.obs_encoder(flat).reshape(batch, -1)
+        return self.obs_encoder({k: v.reshape(batch * steps, *v.shape[2:]) for k, v in obs.items()})
+
+    def _global_condition(self, obs) -> torch.Tensor:
+        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): the U-Net's condition, (B, n_obs_steps · output_dim)."""
+        features = self._step_features(obs)
+        return features.reshape(-1, self.config.n_obs_steps * features.shape[-1])
+
+    def _aux_keypoint_loss(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
+        """‖W f_img(o_s) + b − norm(k_s)‖² over the observation steps s: the image feature must hold the block's
+        keypoints k_s linearly (training-only; the policy never reads them at inference)."""
+        if "aux_keypoints" not in batch:
+            raise ValueError("policy.aux_keypoint_weight > 0 needs batches with 'aux_keypoints' (B, T, "
+                             f"{self.config.aux_keypoint_dim}); the Push-T image dataset adds them with keypoint_targets=True")
+        steps = self.config.n_obs_steps
+        targets = self.normalizer["aux_keypoints"].normalize(batch["aux_keypoints"][:, :steps])
+        predicted = self.aux_keypoint_head(features[:, :self.obs_encoder.image_feature_dim])
+        return F.mse_loss(predicted, targets.reshape(predicted.shape))
 
     # --- training ----------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """L_simple over a batch ``{"obs": ..., "action": (B, T, Da)}``. With ``cond_noise_std`` σ > 0 the
         condition is perturbed, c̃ = enc(O_t) + σ ξ with ξ ~ N(0, I) (for low-dim policies: noise on the
-        normalised observations), so the policy also sees states slightly off the demonstrations."""
-        cond = self._global_condition(batch["obs"])
+        normalised observations), so the policy also sees states slightly off the demonstrations. With
+        ``aux_keypoint_weight`` λ > 0: L = L_simple + λ L_keypoints (``_aux_keypoint_loss``)."""
+        features = self._step_features(batch["obs"])
+        cond = features.reshape(-1, self.config.n_obs_steps * features.shape[-1])
         if self.config.cond_noise_std > 0:
             cond = cond + self.config.cond_noise_std * torch.randn(cond.shape, generator=generator, device=cond.device)
         actions = self.normalizer["action"].normalize(batch["action"])
@@ -217,7 +245,10 @@ class DiffusionUnetPolicy(nn.Module):
             target = actions
         else:
             target = self.noise_scheduler.get_velocity(actions, noise, steps)
-        return F.mse_loss(prediction, target)
+        loss = F.mse_loss(prediction, target)
+        if self.aux_keypoint_head is not None:
+            loss = loss + self.config.aux_keypoint_weight * self._aux_keypoint_loss(features, batch)
+        return loss
 
     # --- inference ---------------------------------------------------------------------
     @torch.no_grad()

@@ -167,6 +167,7 @@ class ImageObsEncoder(nn.Module):
         self.backbone = resnet18_trunk(width)
         self.pool = SpatialSoftmax(self.backbone.out_channels, num_keypoints)
         self.head = nn.Linear(2 * num_keypoints, feature_dim)
+        self.image_feature_dim = feature_dim  # the first columns of forward's output
         self.output_dim = feature_dim + lowdim_dim
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
