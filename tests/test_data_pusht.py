@@ -190,3 +190,22 @@ def test_mirrored_images_are_renders_of_the_mirrored_states(raw):
     assert np.median(errors) <= 0.6 and max(errors) <= 1.0
     # The reflection across x = y instead (a plain transpose) is far off.
     assert np.median(transposed_errors) > 3 * np.median(errors)
+
+
+def test_keypoint_targets_are_the_block_keypoints_of_each_observed_step(raw):
+    """Targets of the training-only keypoint loss: the 9 keypoints of the recorded block pose at each observed
+    step, and of the reflected pose in the mirrored copy; the normalizer covers them."""
+    dataset = PushTImageDataset(PUSHT, n_obs_steps=2, mirror=True, keypoint_targets=True)
+    n_recorded = raw["state"].shape[0]
+    ids = np.array([0, 777, len(dataset) // 2 + 777, len(dataset) - 1])
+    batch = dataset.batch(ids)
+    assert batch["aux_keypoints"].shape == (4, 2, 18) and batch["obs"]["image"].shape == (4, 2, 3, 96, 96)
+    for row, window in enumerate(ids):
+        for step, index in enumerate(expected_steps(dataset, window)[:2]):
+            recorded = index < n_recorded
+            state = raw["state"][index if recorded else index - n_recorded].astype(np.float64)
+            pose = state[2:5] if recorded else mirror_states(state)[2:5]
+            np.testing.assert_allclose(batch["aux_keypoints"][row, step].numpy(),
+                                       block_keypoints(pose).reshape(-1), atol=1e-3)
+    assert "aux_keypoints" in dataset.get_normalizer().keys()
+    assert "aux_keypoints" not in PushTImageDataset(PUSHT, n_obs_steps=2).batch(ids[:1])

@@ -34,13 +34,14 @@ def image_obs(n: int) -> dict:
     return {"image": torch.rand(n, 3, 96, 96) * 2 - 1, "agent_pos": torch.rand(n, 2) * 2 - 1}
 
 
-def tiny_image_policy() -> DiffusionUnetPolicy:
+def tiny_image_policy(**changes) -> DiffusionUnetPolicy:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     normalizer = LinearNormalizer().fit({"agent_pos": rng.uniform(0, 512, (50, 2)).astype(np.float32),
-                                         "action": rng.uniform(0, 512, (50, 2)).astype(np.float32)})
+                                         "action": rng.uniform(0, 512, (50, 2)).astype(np.float32),
+                                         "aux_keypoints": rng.uniform(0, 512, (50, 18)).astype(np.float32)})
     normalizer["image"] = unit_range_to_symmetric()
-    return DiffusionUnetPolicy(DiffusionPolicyConfig(**TINY_POLICY), normalizer)
+    return DiffusionUnetPolicy(DiffusionPolicyConfig(**TINY_POLICY | changes), normalizer)
 
 
 def test_encoder_maps_a_step_to_image_features_then_agent_pos():
@@ -151,6 +152,60 @@ def test_image_policy_loss_and_prediction_shapes():
     assert out["action"].shape == (3, 8, 2) and out["action_pred"].shape == (3, 16, 2)
 
 
+def test_keypoint_loss_adds_to_the_diffusion_loss_and_trains_the_encoder():
+    """L = L_simple + λ ‖W f_img + b − norm(k)‖² over the observed steps; eval mode makes the crop deterministic."""
+    policy = tiny_image_policy(aux_keypoint_weight=0.5).eval()
+    batch = {"obs": {"image": torch.rand(3, 2, 3, 96, 96), "agent_pos": torch.rand(3, 2, 2) * 512},
+             "action": torch.rand(3, 16, 2) * 512, "aux_keypoints": torch.rand(3, 2, 18) * 512}
+    total = policy.compute_loss(batch, torch.Generator().manual_seed(0))
+    features = policy._step_features(batch["obs"])
+    targets = policy.normalizer["aux_keypoints"].normalize(batch["aux_keypoints"]).reshape(6, 18)
+    keypoint_loss = ((policy.aux_keypoint_head(features[:, :64]) - targets) ** 2).mean()
+    head, policy.aux_keypoint_head = policy.aux_keypoint_head, None
+    simple = policy.compute_loss(batch, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(total, simple + 0.5 * keypoint_loss)
+    policy.aux_keypoint_head = head
+    policy.compute_loss(batch).backward()
+    assert head.weight.grad.abs().sum() > 0 and policy.obs_encoder.backbone.conv1.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="aux_keypoints"):
+        policy.compute_loss({key: value for key, value in batch.items() if key != "aux_keypoints"})
+    with pytest.raises(ValueError, match="obs_type image"):
+        DiffusionPolicyConfig(aux_keypoint_weight=1.0)
+    with pytest.raises(ValueError, match="aux_keypoint_weight"):
+        DiffusionPolicyConfig(obs_type="image", obs_dim=2, aux_keypoint_weight=-1.0)
+    assert tiny_image_policy().aux_keypoint_head is None  # off by default: no extra parameters
+
+
+def test_keypoint_loss_teaches_the_encoder_where_the_block_is(pusht_zarr):
+    """On real frames the encoder learns to read the block's keypoints: the held-out keypoint error falls."""
+    from dpstack.datasets.pusht import PushTImageDataset
+
+    dataset = PushTImageDataset(pusht_zarr, n_obs_steps=2, keypoint_targets=True, max_train_episodes=None)
+    rng = np.random.default_rng(0)
+    train, held_out = (dataset.batch(rng.choice(len(dataset), 64, replace=False)) for _ in range(2))
+    policy = tiny_image_policy(aux_keypoint_weight=1.0)
+    policy.normalizer = dataset.get_normalizer()
+    net = nn.ModuleList([policy.obs_encoder, policy.aux_keypoint_head])
+    optimizer = torch.optim.Adam(net.parameters(), lr=3e-3)
+
+    def keypoint_loss(batch):
+        return policy._aux_keypoint_loss(policy._step_features(batch["obs"]), batch)
+
+    policy.eval()
+    with torch.no_grad():
+        before = keypoint_loss(held_out).item()
+    torch.manual_seed(0)
+    for _ in range(60):
+        policy.train()
+        optimizer.zero_grad()
+        keypoint_loss(train).backward()
+        optimizer.step()
+    policy.eval()
+    with torch.no_grad():
+        after = keypoint_loss(held_out).item()
+    assert after < 0.5 * before, (before, after)
+
+
 TINY_RUN = [
     "policy.image_encoder.width=8", "policy.down_dims=[16,32,64]", "policy.diffusion_step_embed_dim=16",
     "policy.num_inference_steps=3", "task.dataset.max_train_episodes=null", "training.batch_size=64",
@@ -164,7 +219,8 @@ TINY_RUN = [
 
 def test_tiny_image_train_checkpoint_eval(tmp_path, pusht_zarr):
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-        cfg = compose(config_name="pusht_image_cpu", overrides=TINY_RUN + ["task.dataset.mirror=true"])
+        cfg = compose(config_name="pusht_image_cpu",
+                      overrides=TINY_RUN + ["task.dataset.mirror=true", "policy.aux_keypoint_weight=1.0"])
     validate_config(cfg)
     workspace = TrainingWorkspace(cfg, tmp_path)
     metrics = workspace.run()
@@ -175,6 +231,7 @@ def test_tiny_image_train_checkpoint_eval(tmp_path, pusht_zarr):
     assert metrics["global_step"] == 3 and "test/mean_score" in metrics and "val_loss" in metrics
     policy = load_policy(tmp_path / "checkpoints" / "latest.ckpt")
     assert not policy.training and policy.config.image_encoder["width"] == 8
+    assert policy.aux_keypoint_head is not None and "aux_keypoints" in policy.normalizer.keys()
     obs = {"image": torch.rand(2, 2, 3, 96, 96), "agent_pos": torch.rand(2, 2, 2) * 512}
     assert policy.predict_action(obs)["action"].shape == (2, 8, 2)
 

@@ -53,7 +53,8 @@ class PolicyRecipe:
             options["extra_stores"] = list(task.dataset.get("extra_stores") or [])
         else:  # only the images the policy conditions on are gathered
             options["n_obs_steps"] = shape.n_obs_steps
-            options["keypoint_targets"] = float(self.cfg.policy.get("aux_keypoint_weight", 0.0)) > 0
+            # targets of the training-only keypoint loss (a distillation section never sets the weight)
+            options["keypoint_targets"] = float(cfg[self.model_section].get("aux_keypoint_weight", 0.0)) > 0
         dataset = dataset_class(zarr_path=zarr_path, horizon=shape.horizon, pad_before=shape.n_obs_steps - 1,
                                 pad_after=shape.n_action_steps - 1, seed=task.dataset.seed,
                                 val_ratio=task.dataset.val_ratio, max_train_episodes=task.dataset.max_train_episodes,
