@@ -44,6 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sampler", choices=SAMPLERS, default=None,
                         help="None: the checkpoint's; consistency is for distilled policies (policy.distillation)")
     parser.add_argument("--n_action_steps", type=int, default=None, help="actions executed per chunk (None: the checkpoint's)")
+    parser.add_argument("--init_noise_scale", type=float, default=None,
+                        help="sampling temperature τ: the chain starts from N(0, τ² I) (None: the checkpoint's)")
     parser.add_argument("--ddim_steps_offset", type=int, default=None,
                         help="shift DDIM's timesteps up, e.g. 40: DDIM-2 at t = 90, 40 (None: the checkpoint's)")
     parser.add_argument("--n_test_videos", type=int, default=4, help="test episodes written as videos")
@@ -78,7 +80,8 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, output_dir: 
     with exit_on_user_error(also=(ValueError,)):  # ValueError: an inference setting the policy refuses
         policy = load_policy(checkpoint, device=args.device)
         changes = {"num_inference_steps": args.num_inference_steps, "sampler": args.sampler,
-                   "n_action_steps": args.n_action_steps, "ddim_steps_offset": args.ddim_steps_offset}
+                   "n_action_steps": args.n_action_steps, "ddim_steps_offset": args.ddim_steps_offset,
+                   "init_noise_scale": args.init_noise_scale}
         policy.reconfigure(**{key: value for key, value in changes.items() if value is not None})
     policy.optimize_for_inference()  # identical actions, faster sampling
     obs_type = "keypoints" if policy.config.obs_type == "lowdim" else "image"
@@ -98,6 +101,7 @@ def evaluate_checkpoint(args: argparse.Namespace, checkpoint: Path, output_dir: 
         "sampler": policy.config.sampler,
         "num_inference_steps": policy.config.num_inference_steps,
         "ddim_steps_offset": policy.config.ddim_steps_offset,
+        "init_noise_scale": policy.config.init_noise_scale,
         "n_action_steps": policy.config.n_action_steps,
         "runner": asdict(runner_config),
         "wall_seconds": time.monotonic() - started,

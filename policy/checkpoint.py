@@ -27,8 +27,9 @@ def export_for_inference(source: str | os.PathLike, destination: str | os.PathLi
     """A small copy of a training checkpoint for deployment: config, policy config, EMA weights and
     metrics (no raw weights, optimizer, LR schedule or RNG state); ``load_policy`` reads it.
 
-    ``inference_settings`` (``sampler``, ``num_inference_steps``, ``n_action_steps``, ``ddim_steps_offset``) are written into the
-    copy's policy config, so that every loader of the file runs with them (e.g. ``n_action_steps=10``).
+    ``inference_settings`` (``sampler``, ``num_inference_steps``, ``n_action_steps``, ``ddim_steps_offset``,
+    ``init_noise_scale``) are written into the copy's policy config, so that every loader of the file runs with
+    them (e.g. ``n_action_steps=10``).
 
     ``weights_dtype="float16"`` stores the network weights at half precision (half the file; 10-bit
     mantissa, relative rounding ≤ 2^-11), the normaliser's statistics stay float32. ``load_policy``
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--num-inference-steps", type=int, help="denoising steps (default: the checkpoint's)")
     parser.add_argument("--n-action-steps", type=int, help="actions executed per chunk (default: the checkpoint's)")
     parser.add_argument("--ddim-steps-offset", type=int, help="shift DDIM's timesteps up (default: the checkpoint's)")
+    parser.add_argument("--init-noise-scale", type=float,
+                        help="sampling temperature τ: A^K ~ N(0, τ² I) (default: the checkpoint's)")
     args = parser.parse_args(argv)
     settings = {name: getattr(args, name) for name in INFERENCE_SETTINGS if getattr(args, name) is not None}
     try:

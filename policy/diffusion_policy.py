@@ -55,6 +55,7 @@ class DiffusionPolicyConfig:
     num_inference_steps: int = 100
     consistency_max_timestep: int | None = None  # sampler consistency: the noisiest timestep (None: K − 1)
     ddim_steps_offset: int = 0  # sampler ddim: shift the chain up, e.g. 40 → DDIM-2 at t = 90, 40 (a progressive student)
+    init_noise_scale: float = 1.0  # sampling temperature τ: the reverse chain starts from A^K ~ N(0, τ² I)
     image_encoder: dict = field(default_factory=dict)  # image policies: see policy.obs_encoders
     aux_keypoint_weight: float = 0.0  # image policies: λ of the training-only keypoint loss (compute_loss); 0 = off
     aux_keypoint_dim: int = 18  # values it predicts per observation step (Push-T: the block's 9 keypoints, x and y)
@@ -74,6 +75,8 @@ class DiffusionPolicyConfig:
             problems.append("aux_keypoint_weight > 0 needs obs_type image (a low-dim policy already sees the keypoints)")
         if self.aux_keypoint_dim < 1:
             problems.append(f"aux_keypoint_dim must be ≥ 1, got {self.aux_keypoint_dim}")
+        if not 0.0 < self.init_noise_scale < float("inf"):
+            problems.append(f"init_noise_scale must be a finite number > 0, got {self.init_noise_scale!r}")
         if self.sampler not in SAMPLERS:
             problems.append(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
@@ -118,13 +121,14 @@ class DiffusionPolicyConfig:
         return values
 
 
-INFERENCE_SETTINGS = ("sampler", "num_inference_steps", "n_action_steps", "ddim_steps_offset")
+INFERENCE_SETTINGS = ("sampler", "num_inference_steps", "n_action_steps", "ddim_steps_offset", "init_noise_scale")
 
 
 def with_inference_settings(config: DiffusionPolicyConfig, **changes) -> DiffusionPolicyConfig:
     """``config`` with inference-time settings changed, validated: ``sampler``, ``num_inference_steps``
     (e.g. DDIM-10 for fast control), ``n_action_steps`` (how many actions to execute per chunk) or
-    ``ddim_steps_offset`` (DDIM's timesteps shifted up, e.g. DDIM-2 at 90, 40 with 40)."""
+    ``ddim_steps_offset`` (DDIM's timesteps shifted up, e.g. DDIM-2 at 90, 40 with 40) or ``init_noise_scale``
+    (the sampling temperature τ)."""
     if not set(changes) <= set(INFERENCE_SETTINGS):
         raise ValueError(f"only {list(INFERENCE_SETTINGS)} can change after training, got {sorted(changes)}")
     return DiffusionPolicyConfig.from_dict(config.to_dict() | changes)
@@ -253,10 +257,11 @@ class DiffusionUnetPolicy(nn.Module):
     # --- inference ---------------------------------------------------------------------
     @torch.no_grad()
     def sample_actions(self, cond: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-        """Run the reverse chain from A^K ~ N(0, I); returns normalized (B, T, Da). ``generator``: one,
-        or one per row (then a row's sample does not depend on the rest of the batch)."""
+        """Run the reverse chain from A^K = τ ξ, ξ ~ N(0, I) (τ = ``init_noise_scale``, 1 by default); returns
+        normalized (B, T, Da). ``generator``: one, or one per row (then a row's sample does not depend on the rest
+        of the batch)."""
         shape = (cond.shape[0], self.config.horizon, self.config.action_dim)
-        sample = randn(shape, generator, device=cond.device)
+        sample = self.config.init_noise_scale * randn(shape, generator, device=cond.device)
         scheduler = self.inference_scheduler
         for t in scheduler.timesteps:
             sample = scheduler.step(self.model(sample, t, cond), t, sample, generator=generator).prev_sample

@@ -5,11 +5,12 @@
 
 The exported graph is the whole chunk computation with the DDIM (η = 0) chain unrolled:
 
-    (observation steps, x_K) → normalise → encode → K × [ε̂ = U-Net(x_k, k, c); x_{k'} = DDIM(x_k, ε̂)]
+    (observation steps, ξ) → x_K = τ ξ → normalise → encode → K × [ε̂ = U-Net(x_k, k, c); x_{k'} = DDIM(x_k, ε̂)]
     → unnormalise → (action (B, Ta, Da), action_pred (B, T, Da))
 
-or, for a distilled policy (``sampler: consistency``, n calls), the consistency chain, whose re-noising draws
-come in as a second input ``step_noise`` (B, n − 1, T, Da) when n > 1:
+(τ: the config's ``init_noise_scale``, 1 unless set) or, for a distilled policy (``sampler: consistency``,
+n calls), the consistency chain, whose re-noising draws come in as a second input ``step_noise``
+(B, n − 1, T, Da) when n > 1:
 
     x̂_0 = clip(f_θ(x_{t_i}, t_i, c));  x_{t_{i+1}} = √ᾱ x̂_0 + √(1 − ᾱ) z_i
 
@@ -78,6 +79,7 @@ class SamplingGraph(nn.Module):
     def forward(self, *inputs: torch.Tensor):
         observations, (sample, *step_noise) = inputs[:len(self.names)], inputs[len(self.names):]
         policy, scheduler = self.policy, self.policy.inference_scheduler
+        sample = policy.config.init_noise_scale * sample  # A^K = τ ξ
         cond = policy._global_condition(dict(zip(self.names, observations)) if len(self.names) > 1
                                         else {"obs": observations[0]})
         for i, t in enumerate(scheduler.timesteps.tolist()):

@@ -34,6 +34,29 @@ def test_exported_policy_matches_pytorch(tmp_path, checkpoint, fmt):
     assert exported.predict_action(obs, rows)["action"].shape == (3, policy.config.n_action_steps, 2)
 
 
+def test_sampling_temperature_scales_the_initial_noise_in_the_policy_and_the_export(tmp_path, checkpoint):
+    """``init_noise_scale`` τ: the chain starts from A^K = τ ξ; the exported graph applies the same τ."""
+    cold = load_policy(export_for_inference(checkpoint, tmp_path / "cold.ckpt", sampler="ddim", num_inference_steps=4,
+                                            init_noise_scale=0.5))
+    assert cold.config.init_noise_scale == 0.5
+    obs = random_observation(cold.config)
+    cond = cold._global_condition(obs)
+    sample = 0.5 * torch.randn(3, cold.config.horizon, cold.config.action_dim, generator=torch.Generator().manual_seed(7))
+    for t in cold.inference_scheduler.timesteps:
+        sample = cold.inference_scheduler.step(cold.model(sample, t, cond), t, sample).prev_sample
+    torch.testing.assert_close(cold.sample_actions(cond, torch.Generator().manual_seed(7)), sample)
+    warm = cold.sample_actions(cond, torch.Generator().manual_seed(7))
+    cold.reconfigure(init_noise_scale=1.0)
+    assert not torch.allclose(cold.sample_actions(cond, torch.Generator().manual_seed(7)), warm)
+    cold.reconfigure(init_noise_scale=0.5)
+    exported = load_policy(export(cold, tmp_path / "cold.pt", "torchscript"))
+    assert exported.config.init_noise_scale == 0.5
+    ours = exported.predict_action(obs, torch.Generator().manual_seed(7))["action_pred"]
+    assert float((ours - cold.predict_action(obs, torch.Generator().manual_seed(7))["action_pred"]).abs().max()) < TOLERANCE_PX
+    with pytest.raises(ValueError, match="init_noise_scale"):
+        cold.reconfigure(init_noise_scale=0.0)
+
+
 @pytest.mark.parametrize("fmt, steps", [("onnx", 2), ("torchscript", 1), ("torchscript", 3)])
 def test_exported_consistency_policy_matches_pytorch(tmp_path, checkpoint, fmt, steps):
     """A distilled policy's chain re-noises between calls: the draws come in as ``step_noise``, in the order
