@@ -4,9 +4,10 @@ conditioned on the last n_obs_steps observations.
 Training (Ho et al. 2020, L_simple): k ~ U{0, …, K−1}, ε ~ N(0, I),
     A^k = √ᾱ_k A⁰ + √(1 − ᾱ_k) ε,   L = ‖target − f_θ(A^k, k, enc(O_t))‖²
 with target ε, A⁰ or v per ``prediction_type``. Inference runs the reverse chain of the
-scheduler (DDPM or DDIM, respaced to ``num_inference_steps``) from A^K ~ N(0, I) and executes
-actions ``n_obs_steps − 1 … n_obs_steps − 1 + n_action_steps − 1`` of the denoised sequence.
-Low-dim and image policies differ only in their observation encoder.
+scheduler (DDPM or DDIM, respaced to ``num_inference_steps``) from A^K ~ N(0, τ² I) (τ = ``init_noise_scale``,
+the sampling temperature, 1 by default) and executes actions ``n_obs_steps − 1 … n_obs_steps − 1 + n_action_steps − 1``
+of the denoised sequence. Low-dim and image policies differ only in their observation encoder; an image policy may
+add a training-only loss that reads the block's keypoints from its image feature (``aux_keypoint_weight``).
 """
 from __future__ import annotations
 
