@@ -123,13 +123,17 @@ def _select(tree, row: int):
     return {key: _select(value, row) if isinstance(value, dict) else value[row] for key, value in tree.items()}
 
 
-def lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
-    """Low-dim steps computed from env states: obs = the 9 keypoints of the block pose, then the agent."""
+def block_keypoint_targets(state: np.ndarray) -> np.ndarray:
+    """The block's 9 keypoints (N, 18) at env states (N, 5): the low-dim observation less the agent."""
     from dpstack.envs.geometry import block_keypoints_batch  # only the derived datasets need the env
 
-    keypoints = block_keypoints_batch(np.asarray(state[:, 2:5], dtype=np.float64))
-    obs = np.concatenate([keypoints.reshape(len(state), -1), state[:, :2]], axis=-1)
-    return {"obs": obs.astype(np.float32), "action": np.asarray(action, dtype=np.float32)}
+    return block_keypoints_batch(np.asarray(state[:, 2:5], dtype=np.float64)).reshape(len(state), -1).astype(np.float32)
+
+
+def lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
+    """Low-dim steps computed from env states: obs = the 9 keypoints of the block pose, then the agent."""
+    obs = np.concatenate([block_keypoint_targets(state), np.asarray(state[:, :2], dtype=np.float32)], axis=-1)
+    return {"obs": obs, "action": np.asarray(action, dtype=np.float32)}
 
 
 def mirrored_lowdim_steps(state: np.ndarray, action: np.ndarray) -> dict[str, np.ndarray]:
@@ -249,12 +253,14 @@ class PushTImageDataset(_PushTWindowDataset):
                   "agent_pos": np.ascontiguousarray(buffer["state"][:, :2], dtype=np.float32),
                   "action": np.ascontiguousarray(buffer["action"], dtype=np.float32)}
         if keypoint_targets:
-            arrays["aux_keypoints"] = lowdim_steps(buffer["state"], buffer["action"])["obs"][:, :18]
+            arrays["aux_keypoints"] = block_keypoint_targets(buffer["state"])
         mirrored = None
         if mirror:
             mirrored = mirrored_image_steps(channels_first, buffer["state"], buffer["action"])
             if keypoint_targets:
-                mirrored["aux_keypoints"] = mirrored_lowdim_steps(buffer["state"], buffer["action"])["obs"][:, :18]
+                from dpstack.envs.geometry import mirror_states  # only the mirror needs the env
+
+                mirrored["aux_keypoints"] = block_keypoint_targets(mirror_states(buffer["state"].astype(np.float64)))
         first_steps = None if n_obs_steps is None else {key: n_obs_steps for key in arrays if key != "action"}
         super().__init__(arrays, buffer.episode_ends, horizon, pad_before, pad_after, seed, val_ratio,
                          max_train_episodes, mirrored, first_steps)

@@ -212,10 +212,12 @@ class DiffusionUnetPolicy(nn.Module):
         batch = next(iter(obs.values())).shape[0]
         return self.obs_encoder({k: v.reshape(batch * steps, *v.shape[2:]) for k, v in obs.items()})
 
-    def _global_condition(self, obs) -> torch.Tensor:
-        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t): the U-Net's condition, (B, n_obs_steps · output_dim)."""
-        features = self._step_features(obs)
+    def _condition(self, features: torch.Tensor) -> torch.Tensor:
+        """enc(o_{t−To+1}) ‖ … ‖ enc(o_t) from ``_step_features``: the U-Net's condition, (B, n_obs_steps · output_dim)."""
         return features.reshape(-1, self.config.n_obs_steps * features.shape[-1])
+
+    def _global_condition(self, obs) -> torch.Tensor:
+        return self._condition(self._step_features(obs))
 
     def _aux_keypoint_loss(self, features: torch.Tensor, batch: dict) -> torch.Tensor:
         """‖W f_img(o_s) + b − norm(k_s)‖² over the observation steps s: the image feature must hold the block's
@@ -235,7 +237,7 @@ class DiffusionUnetPolicy(nn.Module):
         normalised observations), so the policy also sees states slightly off the demonstrations. With
         ``aux_keypoint_weight`` λ > 0: L = L_simple + λ L_keypoints (``_aux_keypoint_loss``)."""
         features = self._step_features(batch["obs"])
-        cond = features.reshape(-1, self.config.n_obs_steps * features.shape[-1])
+        cond = self._condition(features)
         if self.config.cond_noise_std > 0:
             cond = cond + self.config.cond_noise_std * torch.randn(cond.shape, generator=generator, device=cond.device)
         actions = self.normalizer["action"].normalize(batch["action"])
