@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--skip-paper", action="store_true")
     parser.add_argument("--data", action="store_true", help="also time building one batch from the Push-T data")
     args = parser.parse_args()
+    if min(args.repeats, args.paper_repeats) < 1:
+        parser.error("--repeats and --paper-repeats must be at least 1 (use --skip-paper to leave out the paper rows)")
 
     rows = []
     if not args.skip_paper:
