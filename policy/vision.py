@@ -44,8 +44,8 @@ def group_norm(channels: int) -> nn.GroupNorm:
 # --- cropping --------------------------------------------------------------------------------
 def crop_windows(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, size: int) -> torch.Tensor:
     """``images[n, :, top[n]:top[n]+size, left[n]:left[n]+size]`` for every n, in one gather from the
-    (N, C, H-size+1, W-size+1, size, size) view of all windows (15x faster on a CPU than indexing rows and
-    columns element by element)."""
+    (N, C, H-size+1, W-size+1, size, size) view of all windows (5-15x faster on a CPU than an element-wise
+    gather; ``benchmarks/crop_speed.py``)."""
     windows = images.unfold(2, size, 1).unfold(3, size, 1)
     batch = torch.arange(images.shape[0], device=images.device)
     return windows[batch, :, top.to(images.device), left.to(images.device)]
