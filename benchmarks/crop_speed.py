@@ -9,10 +9,9 @@ broadcast index tensors (the encoder's crop before 2026-12-07). Each number is t
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from image_policy_speed import median_seconds  # this folder is on sys.path when run as a script
 
 from dpstack.policy.vision import crop_windows
 
@@ -24,16 +23,6 @@ def elementwise_gather(images: torch.Tensor, top: torch.Tensor, left: torch.Tens
     rows = (top[:, None] + span)[:, None, :, None]
     cols = (left[:, None] + span)[:, None, None, :]
     return images[torch.arange(n)[:, None, None, None], torch.arange(channels)[None, :, None, None], rows, cols]
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        timings.append(time.perf_counter() - start)
-    return 1000 * statistics.median(timings)
 
 
 def main() -> None:
@@ -48,8 +37,8 @@ def main() -> None:
     top, left = torch.randint(0, 13, (2, args.batch), generator=generator)
     if not torch.equal(crop_windows(images, top, left, 84), elementwise_gather(images, top, left, 84)):
         raise SystemExit("crop_windows differs from the baseline")
-    baseline = median_ms(lambda: elementwise_gather(images, top, left, 84), args.repeats)
-    current = median_ms(lambda: crop_windows(images, top, left, 84), args.repeats)
+    baseline = 1000 * median_seconds(lambda: elementwise_gather(images, top, left, 84), args.repeats)
+    current = 1000 * median_seconds(lambda: crop_windows(images, top, left, 84), args.repeats)
     print(f"batch {args.batch}, threads {args.threads}: element-wise gather {baseline:.2f} ms, "
           f"crop_windows {current:.2f} ms, ratio {baseline / current:.1f}x")
 
